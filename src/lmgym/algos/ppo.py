@@ -1,0 +1,97 @@
+"""PPO (Schulman et al., 2017) on the token-level MDP with a KL-penalised reward.
+
+Per minibatch of generated tokens (masked means over tokens):
+
+    ratio      = exp(log πθ(a|s) − log π_old(a|s))
+    L_clip     = E[ max(−A·ratio, −A·clip(ratio, 1−ε, 1+ε)) ]
+    L_value    = ½·E[ max((V − R)², (V_old + clip(V − V_old, −c, c) − R)²) ]
+    loss       = L_clip + vf_coef·L_value − ent_coef·H[πθ]
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from lmgym.algos.advantages import masked_mean
+from lmgym.algos.onpolicy import OnPolicyTrainer
+from lmgym.algos.rollout import Rollout
+
+
+def ppo_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clip_frac": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean(ratio - 1.0 - log_ratio, mask),  # k3 estimator of KL(old ‖ new)
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float | None
+) -> torch.Tensor:
+    loss = (values - returns) ** 2
+    if clip is not None:
+        clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+        loss = torch.maximum(loss, (clipped - returns) ** 2)
+    return 0.5 * masked_mean(loss, mask)
+
+
+class PPOTrainer(OnPolicyTrainer):
+    def minibatches(self, n: int) -> list[torch.Tensor]:
+        size = self.algo_config.minibatch_size
+        perm = torch.randperm(n)
+        return [perm[i : i + size] for i in range(0, n, size)]
+
+    def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        cfg = self.algo_config
+        sums: dict[str, float] = defaultdict(float)
+        steps = 0
+        for _ in range(cfg.epochs):
+            epoch_kl, epoch_steps = 0.0, 0
+            for idx in self.minibatches(len(rollout.samples)):
+                mask = rollout.mask[idx].float()
+                scores = self.policy.score(
+                    rollout.batch.index(idx), self.temperature, with_values=True, with_entropy=cfg.ent_coef != 0
+                )
+                pg_loss, pg_stats = ppo_policy_loss(
+                    scores.logprobs, rollout.logprobs[idx], advantages[idx], mask, cfg.clip_range
+                )
+                loss = pg_loss
+                v_loss = torch.zeros(())
+                if scores.values is not None:
+                    v_loss = value_loss(scores.values, rollout.values[idx], returns[idx], mask, cfg.value_clip)
+                    loss = loss + cfg.vf_coef * v_loss
+                if scores.entropy is not None:
+                    loss = loss - cfg.ent_coef * masked_mean(scores.entropy, mask)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = self.clip_gradients(cfg.max_grad_norm)
+                self.optimizer.step()
+                steps += 1
+                epoch_steps += 1
+                epoch_kl += float(pg_stats["approx_kl"])
+                for key, value in (
+                    ("loss/policy", pg_loss), ("loss/value", v_loss), ("loss/total", loss), ("grad_norm", grad_norm),
+                    *pg_stats.items(),
+                ):
+                    sums[key] += float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+            if cfg.target_kl is not None and epoch_kl / epoch_steps > 1.5 * cfg.target_kl:
+                break
+        stats = {k: v / steps for k, v in sums.items()}
+        stats["update_steps"] = float(steps)
+        return stats
+
+    def clip_gradients(self, max_norm: float | None) -> torch.Tensor:
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        if max_norm is None:
+            return torch.norm(torch.stack([p.grad.norm() for p in params]))
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)

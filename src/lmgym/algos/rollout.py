@@ -1,0 +1,124 @@
+"""Batched rollout: generate, score in one pass per model, and compute rewards."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList
+
+from lmgym.data.sample import Sample
+from lmgym.models.policy import Policy, ReferenceModel, TokenBatch
+from lmgym.rewards.base import Reward, check_scores
+
+
+@dataclass
+class Rollout:
+    samples: list[Sample]
+    batch: TokenBatch
+    generations: list[str]
+    logprobs: torch.Tensor  # [B, G] under the policy that sampled
+    ref_logprobs: torch.Tensor  # [B, G]
+    values: torch.Tensor | None  # [B, G]
+    entropy: torch.Tensor  # [B, G]
+    task_rewards: torch.Tensor  # [B, G] the task reward, at the last token or per token
+    seconds: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.batch.gen_mask
+
+    @property
+    def sample_rewards(self) -> torch.Tensor:  # [B]
+        return (self.task_rewards * self.mask).sum(-1)
+
+    @property
+    def gen_lengths(self) -> torch.Tensor:  # [B]
+        return self.mask.sum(-1)
+
+
+def tokenize_prompts(
+    tokenizer, prompts: list[str], max_prompt_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Pad and truncate prompts; returns ids, mask and how many were truncated."""
+    full = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    n_truncated = sum(len(ids) > max_prompt_tokens for ids in full)
+    enc = tokenizer(
+        prompts, padding=True, truncation=True, max_length=max_prompt_tokens, return_tensors="pt"
+    )
+    return enc["input_ids"], enc["attention_mask"], n_truncated
+
+
+def compute_task_rewards(
+    reward: Reward,
+    samples: list[Sample],
+    generations: list[str],
+    gen_ids: torch.Tensor,
+    gen_mask: torch.Tensor,
+    tokenizer,
+) -> torch.Tensor:
+    """The task reward as a [B, G] tensor: per token, or the sequence score on the last token."""
+    lengths = gen_mask.sum(-1).tolist()
+    meta = []
+    for i, sample in enumerate(samples):
+        ids = gen_ids[i, : lengths[i]].tolist()
+        meta.append({**sample.meta, "gen_token_ids": ids, "gen_tokens": [tokenizer.decode([t]) for t in ids]})
+    raw = reward(
+        [s.prompt for s in samples], generations, [list(s.references) for s in samples], meta
+    )
+    scores = check_scores(reward, raw, lengths)
+    out = torch.zeros(gen_ids.shape, dtype=torch.float32)
+    for i, row in enumerate(scores):
+        if reward.per_token:
+            out[i, : lengths[i]] = torch.tensor(row, dtype=torch.float32)
+        else:
+            out[i, lengths[i] - 1] = row
+    return out
+
+
+@torch.no_grad()
+def collect_rollout(
+    policy: Policy,
+    reference: ReferenceModel,
+    reward: Reward,
+    samples: list[Sample],
+    generation: GenerationConfig,
+    max_prompt_tokens: int,
+    temperature: float = 1.0,
+    logits_processor: LogitsProcessorList | None = None,
+) -> Rollout:
+    tok = policy.tokenizer
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    prompt_ids, prompt_mask, n_truncated = tokenize_prompts(tok, [s.prompt for s in samples], max_prompt_tokens)
+    gen_ids, gen_mask = policy.generate(prompt_ids, prompt_mask, generation, logits_processor)
+    batch = TokenBatch(prompt_ids, prompt_mask, gen_ids, gen_mask)
+    seconds["generate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        scores = policy.score(batch, temperature=temperature)
+        ref_logprobs = reference.logprobs(batch, temperature=temperature)
+    seconds["score"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    generations = tok.batch_decode(gen_ids * gen_mask + tok.pad_token_id * (1 - gen_mask), skip_special_tokens=True)
+    task_rewards = compute_task_rewards(reward, samples, generations, gen_ids, gen_mask, tok)
+    seconds["reward"] = time.perf_counter() - t0
+
+    mask = gen_mask.float()
+    return Rollout(
+        samples=samples,
+        batch=batch,
+        generations=generations,
+        logprobs=scores.logprobs.clone() * mask,
+        ref_logprobs=ref_logprobs.clone() * mask,
+        values=None if scores.values is None else scores.values.clone() * mask,
+        entropy=scores.entropy.clone() * mask,
+        task_rewards=task_rewards,
+        seconds=seconds,
+        extras={"n_truncated": n_truncated},
+    )

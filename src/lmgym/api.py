@@ -1,0 +1,58 @@
+"""Programmatic entry points: `train` and `evaluate_run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from lmgym.algos import TRAINERS, TrainResult
+from lmgym.config import TrainConfig, load_config
+from lmgym.evaluation import evaluate
+from lmgym.models.loading import load_model
+from lmgym.models.policy import Policy, ReferenceModel, make_generation_config
+
+
+def train(
+    config: TrainConfig | str | Path | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+    **kwargs: Any,
+) -> TrainResult:
+    """Train from a config (object or YAML path) with ``--set``-style overrides.
+
+    ``kwargs`` go to the trainer: ``task=``, ``reward=`` (any reward callable),
+    ``loaded=`` (a `LoadedModel`).
+    """
+    if not isinstance(config, TrainConfig):
+        config = load_config(config, overrides)
+    elif overrides:
+        raise ValueError("overrides apply to YAML configs; edit the TrainConfig object directly")
+    trainer = TRAINERS[config.algo](config, console=console, resume=resume, overwrite=overwrite, **kwargs)
+    return trainer.train()
+
+
+def evaluate_run(run: str | Path, split: str | None = None, num_prompts: int | None = None) -> dict[str, float]:
+    """Re-evaluate a finished run's final policy against the initial model."""
+    from lmgym.data.task import load_task
+
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
+    if not (run / "final" / "config.json").exists():
+        raise FileNotFoundError(f"{run} has no final/ model; it has not finished (resume it with --resume)")
+    config = load_config(run / "config.yaml")
+    task = load_task(config.task, **config.task_args)
+    base = load_model(config.model.name, config.model.dtype, config.model.trust_remote_code)
+    final = load_model(str(run / "final"), config.model.dtype, config.model.trust_remote_code)
+    policy = Policy(final.model, final.tokenizer, final.is_seq2seq, value_head="none")
+    reference = ReferenceModel(base.model, base.is_seq2seq)
+    max_new = config.generation.max_new_tokens or int(task.generation.get("max_new_tokens", 32))
+    generation = make_generation_config(final.tokenizer, **config.generation.hf_settings(max_new))
+    samples = task.split(split or config.eval.split)[: num_prompts or config.eval.num_prompts]
+    metrics, _ = evaluate(policy, reference, task.reward, samples, generation, config.model.max_prompt_tokens,
+                          config.eval.batch_size, config.eval.seed)
+    return metrics

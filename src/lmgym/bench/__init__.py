@@ -1,0 +1,1 @@
+"""Benchmarks: `lmgym bench speed` times the phases of one PPO iteration."""

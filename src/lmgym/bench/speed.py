@@ -1,0 +1,291 @@
+"""Speed of one PPO iteration: seconds per phase, and the update's achieved FLOP/s.
+
+One warm-up iteration, then ``repeats`` timed ones, of the real `PPOTrainer` on the
+sentiment task. Every sample generates exactly ``new_tokens`` tokens
+(min_new_tokens = max_new_tokens), so the work per iteration is fixed. The PPO
+epochs and minibatch size are `PPOConfig`'s defaults unless given.
+
+The fp32 matmul peak is measured in the same process with the same thread count
+(`torch.mm` of square float32 matrices); the update's FLOPs are estimated
+analytically (see `update_flops`) and divided by the update's measured seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from lmgym.algos.ppo import PPOTrainer
+from lmgym.algos.rollout import Rollout
+from lmgym.config import PPOConfig, load_config
+
+PHASES = ("generate", "score", "reward", "update")
+RESULT_KEYS = (
+    "model", "batch", "new_tokens", "threads", "seconds_generate", "seconds_score", "seconds_reward",
+    "seconds_update", "seconds_total", "generated_tokens_per_s", "matmul_peak_gflops", "update_gflops",
+    "update_peak_fraction",
+)
+
+
+# --- FLOP accounting ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the FLOP estimate needs from a model."""
+
+    trunk_params: int  # every parameter except the input embedding and the LM head
+    head_params: int  # the LM head (the embedding matrix when tied, counted once here)
+    layers: int  # decoder layers (causal) / encoder layers (seq2seq)
+    attn_width: int  # num_heads × head_dim: the width of Q, K and V
+    encoder_trunk_params: int = 0  # seq2seq only: the part of trunk_params in the encoder
+    decoder_layers: int = 0  # seq2seq only
+
+
+def model_shape(model: torch.nn.Module, is_seq2seq: bool) -> ModelShape:
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    head_tensors = [p for p in (head.weight, getattr(head, "bias", None)) if p is not None] if head else [embedding]
+    excluded = {id(embedding), *(id(p) for p in head_tensors)}  # a tied head is the embedding: excluded once
+    trunk = sum(p.numel() for p in model.parameters() if id(p) not in excluded)  # parameters() dedups ties
+    head_params = sum(p.numel() for p in head_tensors)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(cfg, "num_attention_heads", None) or cfg.num_heads
+    hidden = getattr(cfg, "hidden_size", None) or cfg.d_model
+    head_dim = getattr(cfg, "head_dim", None) or getattr(cfg, "d_kv", None) or hidden // heads
+    layers = getattr(cfg, "num_hidden_layers", None) or cfg.num_layers
+    if not is_seq2seq:
+        return ModelShape(trunk, head_params, layers, heads * head_dim)
+    encoder_trunk = sum(p.numel() for p in model.get_encoder().parameters() if id(p) not in excluded)
+    decoder_layers = getattr(cfg, "num_decoder_layers", None) or layers
+    return ModelShape(trunk, head_params, layers, heads * head_dim, encoder_trunk, decoder_layers)
+
+
+def update_flops(
+    shape: ModelShape,
+    rows: int,
+    prompt_len: int,
+    gen_len: int,
+    is_seq2seq: bool = False,
+    head_positions: int | None = None,
+    value_head_params: int = 0,
+    separate_critic: bool = False,
+) -> float:
+    """FLOPs of forward + backward over ``rows`` padded sequences of ``prompt_len`` + ``gen_len`` tokens.
+
+    Matmuls only (norms, softmax, the optimizer step and the embedding lookup are
+    left out). A weight used on T tokens costs 2·T FLOPs per parameter forward and
+    4·T backward (input and weight gradients), hence the factor 6:
+
+    causal, S = P + G, K = positions that get logits (G + 1 with logits_to_keep, else S):
+        6·N_trunk·rows·S + 6·N_head·rows·K + 6·N_value·rows·G
+        + 12·layers·attn_width·rows·S²
+    The attention term: per layer Q·Kᵀ and A·V each cost 2·S²·attn_width per row
+    forward (the full S × S square: with a padding mask the kernels do not skip the
+    causal half), ×3 for forward + backward.
+
+    seq2seq (approximate: all decoder weights counted on the G decoder tokens):
+        6·N_enc·rows·P + 6·(N_trunk − N_enc)·rows·G + 6·N_head·rows·G + 6·N_value·rows·G
+        + 12·attn_width·rows·(enc_layers·P² + dec_layers·(G² + G·P))
+
+    A separate critic adds its own trunk and attention (×6) and its LM head forward
+    only (×2: its logits do not enter the loss).
+    """
+    P, G = prompt_len, gen_len
+    if is_seq2seq:
+        K = G
+        decoder_trunk = shape.trunk_params - shape.encoder_trunk_params
+        trunk = 6 * (shape.encoder_trunk_params * rows * P + decoder_trunk * rows * G)
+        attention = 12 * shape.attn_width * rows * (shape.layers * P * P + shape.decoder_layers * (G * G + G * P))
+    else:
+        S = P + G
+        K = min(head_positions or S, S)
+        trunk = 6 * shape.trunk_params * rows * S
+        attention = 12 * shape.layers * shape.attn_width * rows * S * S
+    head = shape.head_params * rows * K
+    total = trunk + attention + 6 * head + 6 * value_head_params * rows * G
+    if separate_critic:
+        total += trunk + attention + 2 * head
+    return float(total)
+
+
+# --- the instrumented trainer ---------------------------------------------------------------------
+
+
+class _TimedPPOTrainer(PPOTrainer):
+    """`PPOTrainer` that records the shapes each update worked on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.update_log: list[dict[str, int]] = []
+        self._rows = 0
+        self._epochs = 0
+
+    def minibatches(self, n: int) -> list[torch.Tensor]:
+        # Called once per epoch; an early stop (target_kl) only happens between epochs,
+        # so every minibatch returned here is trained on.
+        batches = super().minibatches(n)
+        self._rows += sum(len(idx) for idx in batches)
+        self._epochs += 1
+        return batches
+
+    def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        self._rows, self._epochs = 0, 0
+        stats = super().update(rollout, advantages, returns)
+        self.update_log.append({
+            "batch": int(rollout.batch.prompt_ids.shape[0]),
+            "prompt_len": int(rollout.batch.prompt_ids.shape[1]),
+            "gen_len": int(rollout.batch.gen_ids.shape[1]),
+            "generated_tokens": int(rollout.mask.sum()),
+            "rows": self._rows,
+            "epochs": self._epochs,
+            "optimizer_steps": int(stats["update_steps"]),
+        })
+        return stats
+
+
+# --- the fp32 matmul peak -------------------------------------------------------------------------
+
+
+def matmul_peak_gflops(size: int = 2048, min_reps: int = 3, min_seconds: float = 0.5) -> float:
+    """Best-of GFLOP/s of ``torch.mm`` on two square float32 matrices, at the current thread count."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen)
+    b = torch.randn(size, size, generator=gen)
+    out = torch.empty(size, size)
+    torch.mm(a, b, out=out)  # warm-up
+    best, reps, start = math.inf, 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+        reps += 1
+    return 2.0 * size**3 / best / 1e9
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+
+def run_speed_benchmark(
+    model: str = "smollm2-135m-instruct",
+    batch: int = 16,
+    new_tokens: int = 24,
+    repeats: int = 2,
+    console: Console | None = None,
+    threads: int | None = None,
+    epochs: int | None = None,
+    minibatch_size: int | None = None,
+    matmul_size: int = 2048,
+) -> dict[str, Any]:
+    """Time one warm-up and ``repeats`` PPO iterations; print a table and one JSON line; return its dict.
+
+    ``seconds_total`` is the mean wall time of a whole iteration (`trainer.step`),
+    the four phases plus a little bookkeeping (KL penalty, GAE, logging);
+    ``generated_tokens_per_s`` is generated tokens per second of that whole iteration.
+    """
+    if batch < 1 or new_tokens < 1 or repeats < 1:
+        raise ValueError(f"batch, new_tokens and repeats must be >= 1, got {batch}, {new_tokens}, {repeats}")
+    console = console or Console()
+    defaults = PPOConfig()
+    epochs = epochs or defaults.epochs
+    minibatch_size = minibatch_size or defaults.minibatch_size
+    threads_before = torch.get_num_threads()
+    try:
+        with tempfile.TemporaryDirectory(prefix="lmgym-bench-") as run_dir:
+            overrides = [
+                "task=sentiment",
+                f"model.name={model}",
+                f"rollout.batch_size={batch}",
+                f"generation.max_new_tokens={new_tokens}",
+                f"generation.min_new_tokens={new_tokens}",
+                f"ppo.epochs={epochs}",
+                f"ppo.minibatch_size={minibatch_size}",
+                f"iterations={repeats + 1}",
+                f"run_dir={run_dir}",
+                "name=speed",
+                "eval.num_prompts=4",
+                "checkpoint.every=0",
+            ]
+            if threads is not None:
+                overrides.append(f"threads={threads}")
+            config = load_config(None, overrides)
+            quiet = Console(file=io.StringIO(), quiet=True)
+            with console.status(f"loading {model}"):
+                trainer = _TimedPPOTrainer(config, overwrite=True, console=quiet)
+            n_threads = torch.get_num_threads()
+            records, walls = [], []
+            for iteration in range(1, repeats + 2):
+                label = "warm-up iteration" if iteration == 1 else f"timed iteration {iteration - 1}/{repeats}"
+                with console.status(f"{model}: {label}"):
+                    t0 = time.perf_counter()
+                    record = trainer.step(iteration)
+                    walls.append(time.perf_counter() - t0)
+                records.append(record)
+            with console.status(f"fp32 matmul peak ({matmul_size}², {n_threads} threads)"):
+                peak = matmul_peak_gflops(matmul_size)
+            shape = model_shape(trainer.policy.model, trainer.policy.is_seq2seq)
+            keeps_logits = getattr(trainer.policy.model, "_supports_logits_to_keep", lambda: False)()
+            value_head = trainer.policy.value_head
+            value_params = sum(p.numel() for p in value_head.parameters()) if value_head is not None else 0
+            flops = [
+                update_flops(
+                    shape, u["rows"], u["prompt_len"], u["gen_len"], is_seq2seq=trainer.policy.is_seq2seq,
+                    head_positions=u["gen_len"] + 1 if keeps_logits else None,
+                    value_head_params=value_params, separate_critic=trainer.policy.critic is not None,
+                )
+                for u in trainer.update_log
+            ]
+    finally:
+        torch.set_num_threads(threads_before)
+
+    timed, timed_walls, timed_updates, timed_flops = records[1:], walls[1:], trainer.update_log[1:], flops[1:]
+    seconds = {p: sum(r[f"time/{p}"] for r in timed) / repeats for p in PHASES}
+    seconds_total = sum(timed_walls) / repeats
+    tokens = sum(u["generated_tokens"] for u in timed_updates) / repeats
+    update_gflops = sum(timed_flops) / sum(r["time/update"] for r in timed) / 1e9
+
+    last = timed_updates[-1]
+    table = Table(title=f"one PPO iteration: {model}, threads {n_threads}")
+    for col in ("phase", "seconds", "share", "generated tok/s"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    other = max(seconds_total - sum(seconds.values()), 0.0)
+    for phase, secs in (*seconds.items(), ("other", other)):
+        rate = f"{tokens / secs:,.0f}" if secs > 0 and phase != "other" else "-"
+        table.add_row(phase, f"{secs:.3f}", f"{secs / seconds_total:.1%}", rate)
+    table.add_row("[bold]iteration", f"[bold]{seconds_total:.3f}", "100.0%", f"[bold]{tokens / seconds_total:,.0f}")
+    console.print(
+        f"batch {batch} prompts × {new_tokens} new tokens (padded prompt {last['prompt_len']} tokens); "
+        f"PPO {epochs} epochs × minibatch {minibatch_size} = {last['optimizer_steps']} optimizer steps; "
+        f"mean of {repeats} timed iterations after 1 warm-up",
+        highlight=False,
+    )
+    console.print(table)
+    console.print(
+        f"fp32 matmul peak ({matmul_size}×{matmul_size} torch.mm): {peak:,.1f} GFLOP/s; "
+        f"update ≈ {sum(timed_flops) / repeats / 1e9:,.2f} GFLOP per iteration → {update_gflops:,.1f} GFLOP/s "
+        f"= {update_gflops / peak:.1%} of the peak",
+        highlight=False,
+    )
+    result: dict[str, Any] = {
+        "model": model,
+        "batch": batch,
+        "new_tokens": new_tokens,
+        "threads": n_threads,
+        **{f"seconds_{p}": seconds[p] for p in PHASES},
+        "seconds_total": seconds_total,
+        "generated_tokens_per_s": tokens / seconds_total,
+        "matmul_peak_gflops": peak,
+        "update_gflops": update_gflops,
+        "update_peak_fraction": update_gflops / peak,
+    }
+    print(json.dumps(result))
+    return result

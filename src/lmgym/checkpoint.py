@@ -1,0 +1,112 @@
+"""Atomic checkpoints in safetensors + JSON (no pickle is written or read).
+
+``checkpoints/step-N/`` holds ``policy.safetensors`` (LM, value head, critic),
+``optimizer.safetensors`` + ``optimizer.json`` and ``trainer_state.json``. A
+checkpoint is written under a temporary name, fsynced and renamed, so the newest
+``step-N`` folder is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.iterdir():
+        if f.is_file():
+            with f.open("rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(path)
+
+
+def optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_safetensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    per_param: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        per_param.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        per_param.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(
+    directory: Path, policy: torch.nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any]
+) -> Path:
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".tmp-{directory.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(policy, str(tmp / "policy.safetensors"))
+    tensors, meta = optimizer_to_safetensors(optimizer)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(meta), encoding="utf-8")
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1), encoding="utf-8")
+    _fsync_tree(tmp)
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    _fsync_dir(directory.parent)
+    return directory
+
+
+def load_checkpoint(
+    directory: Path, policy: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, Any]:
+    directory = Path(directory)
+    load_model(policy, str(directory / "policy.safetensors"))
+    if optimizer is not None:
+        meta = json.loads((directory / "optimizer.json").read_text(encoding="utf-8"))
+        optimizer_from_safetensors(optimizer, load_file(str(directory / "optimizer.safetensors")), meta)
+    return json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first (temporary folders are ignored)."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = STEP_RE.match(path.name)
+        if match and (path / "trainer_state.json").exists():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    for _, path in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)

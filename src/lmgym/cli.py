@@ -1,0 +1,106 @@
+"""The `lmgym` command line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Fine-tune language models with RL against any reward."
+)
+console = Console()
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(2)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from lmgym.algos.onpolicy import TrainingError
+    from lmgym.config import ConfigError
+    from lmgym.models.loading import ModelLoadError
+    from lmgym.rewards.base import RewardError
+
+    return (ConfigError, ModelLoadError, RewardError, TrainingError, FileExistsError, FileNotFoundError, KeyError,
+            ValueError)
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config (optional: defaults otherwise)")] = None,  # noqa: UP045
+    set_: Annotated[list[str], typer.Option("--set", help="override a key: --set ppo.lr=1e-5 (repeatable)")] = [],  # noqa: B006
+    resume: Annotated[bool, typer.Option(help="continue run_dir/name from its newest checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run folder of the same name")] = False,
+) -> None:
+    """Train a policy (PPO by default) on a task."""
+    logging.basicConfig(level=logging.WARNING)
+    from lmgym.api import train as run_train
+
+    try:
+        run_train(config, set_, resume=resume, overwrite=overwrite, console=console)
+    except _user_errors() as err:
+        _fail(err)
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/sentiment-ppo-...")],
+    split: Annotated[Optional[str], typer.Option(help="train, val or test (default: the run's)")] = None,  # noqa: UP045
+    num_prompts: Annotated[Optional[int], typer.Option(help="how many prompts")] = None,  # noqa: UP045
+) -> None:
+    """Re-evaluate a finished run's final policy."""
+    from lmgym.api import evaluate_run
+
+    try:
+        metrics = evaluate_run(run, split, num_prompts)
+    except _user_errors() as err:
+        _fail(err)
+    table = Table(title=f"evaluation of {run}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+
+
+@app.command()
+def tasks() -> None:
+    """List the registered tasks."""
+    from lmgym.data.task import available_tasks
+
+    table = Table(title="tasks")
+    table.add_column("name")
+    table.add_column("description")
+    for name, description in available_tasks().items():
+        table.add_row(name, description)
+    console.print(table)
+
+
+@app.command()
+def bench(
+    which: Annotated[str, typer.Argument(help="'speed': seconds per phase on the default model")] = "speed",
+    model: Annotated[str, typer.Option(help="model name")] = "smollm2-135m-instruct",
+    batch: Annotated[int, typer.Option(help="prompts per batch")] = 16,
+    new_tokens: Annotated[int, typer.Option(help="new tokens per prompt")] = 24,
+    repeats: Annotated[int, typer.Option(help="timed iterations after one warm-up")] = 2,
+) -> None:
+    """Run a benchmark."""
+    if which != "speed":
+        _fail(ValueError(f"unknown benchmark {which!r}; available: speed"))
+    from lmgym.bench.speed import run_speed_benchmark
+
+    run_speed_benchmark(model=model, batch=batch, new_tokens=new_tokens, repeats=repeats, console=console)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The reward interface.
+
+A reward is any callable ``(prompts, generations, references, meta) -> scores``.
+It returns one float per sample (a sequence-level reward, credited at the last
+generated token) or, when ``per_token`` is true, one list per sample with a float
+for every generated token. ``meta[i]`` carries the sample's own metadata plus
+``gen_token_ids`` and ``gen_tokens`` (the generated token ids and their decoded
+strings), so token-level rewards can see the exact actions taken.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Scores = list[float] | list[list[float]]
+
+
+class RewardError(ValueError):
+    """A reward returned something other than finite floats of the right shape."""
+
+
+class Reward:
+    """Base class. Subclasses set ``name`` and ``per_token`` and implement ``score``."""
+
+    name: str = "reward"
+    per_token: bool = False
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        generations: Sequence[str],
+        references: Sequence[Sequence[str]],
+        meta: Sequence[dict[str, Any]],
+    ) -> Scores:
+        raise NotImplementedError
+
+    def __call__(self, prompts, generations, references, meta) -> Scores:
+        return self.score(prompts, generations, references, meta)
+
+
+class FunctionReward(Reward):
+    """Wraps a plain Python function with the reward signature."""
+
+    def __init__(self, fn: Callable[..., Scores], per_token: bool = False, name: str | None = None) -> None:
+        self.fn = fn
+        self.per_token = per_token
+        self.name = name or getattr(fn, "__name__", "reward")
+
+    def score(self, prompts, generations, references, meta) -> Scores:
+        return self.fn(prompts, generations, references, meta)
+
+
+def as_reward(obj: Reward | Callable[..., Scores]) -> Reward:
+    if isinstance(obj, Reward):
+        return obj
+    if callable(obj):
+        return FunctionReward(obj, per_token=bool(getattr(obj, "per_token", False)))
+    raise TypeError(f"a reward must be callable, got {type(obj).__name__}")
+
+
+def check_scores(reward: Reward, scores: Any, gen_lengths: Sequence[int]) -> list[list[float]] | list[float]:
+    """Validate a reward's output; name the reward and the sample on failure."""
+    n = len(gen_lengths)
+    name = getattr(reward, "name", type(reward).__name__)
+    if not isinstance(scores, (list, tuple)) and hasattr(scores, "tolist"):
+        scores = scores.tolist()
+    if not isinstance(scores, (list, tuple)) or len(scores) != n:
+        got = len(scores) if isinstance(scores, (list, tuple)) else type(scores).__name__
+        raise RewardError(f"reward {name!r} must return {n} scores (one per sample), got {got}")
+    out: list = []
+    for i, value in enumerate(scores):
+        if reward.per_token:
+            if not isinstance(value, (list, tuple)) or len(value) != gen_lengths[i]:
+                raise RewardError(
+                    f"per-token reward {name!r}: sample {i} needs {gen_lengths[i]} scores, got {value!r:.80}"
+                )
+            row = [_as_finite(name, i, v) for v in value]
+            out.append(row)
+        else:
+            out.append(_as_finite(name, i, value))
+    return out
+
+
+def _as_finite(name: str, index: int, value: Any) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise RewardError(f"reward {name!r} returned a non-number for sample {index}: {value!r:.80}") from None
+    if isinstance(value, bool) or not math.isfinite(f):
+        raise RewardError(f"reward {name!r} returned {value!r} for sample {index}; rewards must be finite floats")
+    return f

@@ -1,0 +1,95 @@
+"""What a run writes: resolved config, metrics.jsonl, samples.jsonl and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from lmgym.config import TrainConfig, dump_config
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunDir:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.metrics_path = self.root / "metrics.jsonl"
+        self.samples_path = self.root / "samples.jsonl"
+        self.plots = self.root / "plots"
+        self.checkpoints = self.root / "checkpoints"
+        self.final = self.root / "final"
+
+    def create(self, config: TrainConfig) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.plots.mkdir(exist_ok=True)
+        tmp = self.root / "config.yaml.tmp"
+        tmp.write_text(dump_config(config), encoding="utf-8")
+        os.replace(tmp, self.root / "config.yaml")
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+
+    def log_samples(self, records: list[dict[str, Any]]) -> None:
+        with self.samples_path.open("a", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line]
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records logged after ``iteration`` (work a crash lost), so a resume appends cleanly."""
+        for path in (self.metrics_path, self.samples_path):
+            if not path.exists():
+                continue
+            keep = [
+                line
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line and json.loads(line).get("iteration", 0) <= iteration
+            ]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+            os.replace(tmp, path)
+
+    def plot(self) -> Path | None:
+        """Task reward and KL per iteration, from metrics.jsonl."""
+        records = [r for r in self.read_metrics() if r.get("kind") == "train"]
+        if not records:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        its = [r["iteration"] for r in records]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        axes[0].plot(its, [r["reward/task"] for r in records], label="train reward")
+        evals = [r for r in self.read_metrics() if r.get("kind") == "eval"]
+        if evals:
+            axes[0].plot([r["iteration"] for r in evals], [r["eval/reward"] for r in evals], "o--", label="eval reward")
+        axes[0].set_xlabel("iteration")
+        axes[0].set_ylabel("task reward")
+        axes[0].legend()
+        axes[1].plot(its, [r["kl"] for r in records], color="tab:red", label="KL (nats/seq)")
+        axes[1].set_xlabel("iteration")
+        axes[1].set_ylabel("KL to reference")
+        ax2 = axes[1].twinx()
+        ax2.plot(its, [r["kl_coef"] for r in records], color="tab:gray", ls=":", label="β")
+        ax2.set_ylabel("β")
+        fig.suptitle(self.root.name)
+        fig.tight_layout()
+        out = self.plots / "reward_kl.png"
+        self.plots.mkdir(exist_ok=True)
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return out
