@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from lmgym.algos import TRAINERS, TrainResult
+from lmgym.algos import TrainResult, get_trainer
 from lmgym.config import TrainConfig, load_config
 from lmgym.evaluation import evaluate
 from lmgym.models.loading import load_model
@@ -31,7 +31,7 @@ def train(
         config = load_config(config, overrides)
     elif overrides:
         raise ValueError("overrides apply to YAML configs; edit the TrainConfig object directly")
-    trainer = TRAINERS[config.algo](config, console=console, resume=resume, overwrite=overwrite, **kwargs)
+    trainer = get_trainer(config.algo)(config, console=console, resume=resume, overwrite=overwrite, **kwargs)
     return trainer.train()
 
 

@@ -31,6 +31,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
             ValueError)
 
 
+def _quiet_loading() -> None:
+    """Per-load progress bars of transformers would drown the training log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="YAML config (optional: defaults otherwise)")] = None,  # noqa: UP045
@@ -40,6 +47,7 @@ def train(
 ) -> None:
     """Train a policy (PPO by default) on a task."""
     logging.basicConfig(level=logging.WARNING)
+    _quiet_loading()
     from lmgym.api import train as run_train
 
     try:
@@ -57,6 +65,7 @@ def eval_(
     """Re-evaluate a finished run's final policy."""
     from lmgym.api import evaluate_run
 
+    _quiet_loading()
     try:
         metrics = evaluate_run(run, split, num_prompts)
     except _user_errors() as err:

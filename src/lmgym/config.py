@@ -75,7 +75,12 @@ class GenerationSettings(Section):
 
 
 class RolloutConfig(Section):
-    batch_size: int = Field(16, gt=0, description="prompts sampled per iteration (one completion each)")
+    batch_size: int = Field(
+        16, gt=0, description="completions per iteration (group algorithms draw batch_size / k prompts, k each)"
+    )
+    reuse_generation_scores: bool = Field(
+        True, description="take old log-probs and values from generation's own forward passes (saves one pass)"
+    )
 
 
 class KLSettings(Section):
@@ -85,23 +90,70 @@ class KLSettings(Section):
     horizon: int = Field(10_000, gt=0, description="adaptive: samples over which β may change by e^0.2")
 
 
-class PPOConfig(Section):
+class OptimConfig(Section):
+    """Fields every algorithm shares."""
+
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
-    epochs: int = Field(4, gt=0, description="passes over each rollout")
-    minibatch_size: int = Field(8, gt=0, description="samples per gradient step")
-    clip_range: float = Field(0.2, gt=0, description="ε in the clipped ratio")
-    value_clip: float | None = Field(0.2, gt=0, description="clip value predictions to old ± this; None disables")
-    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
-    ent_coef: float = Field(0.0, description="weight of the entropy bonus")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm; None disables")
-    gamma: float = Field(1.0, ge=0, le=1, description="discount")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
-    whiten_advantages: bool = True
-    target_kl: float | None = Field(None, gt=0, description="stop an update early when approx. KL > 1.5 × this")
     weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm; None disables")
+    ent_coef: float = Field(0.0, description="weight of the entropy bonus")
+    minibatch_size: int = Field(8, gt=0, description="samples per gradient step")
+
+
+class CriticConfig(OptimConfig):
+    """Fields of actor-critic algorithms (a value head and GAE)."""
+
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
     value_head_lr: float | None = Field(
         1e-3, gt=0, description="learning rate of the value head (a fresh linear layer learns slowly at the LM's lr)"
     )
+    gamma: float = Field(1.0, ge=0, le=1, description="discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
+    whiten_advantages: bool = True
+
+
+class PPOConfig(CriticConfig):
+    epochs: int = Field(4, gt=0, description="passes over each rollout")
+    clip_range: float = Field(0.2, gt=0, description="ε in the clipped ratio")
+    value_clip: float | None = Field(0.2, gt=0, description="clip value predictions to old ± this; None disables")
+    target_kl: float | None = Field(None, gt=0, description="stop an update early when approx. KL > 1.5 × this")
+
+
+class NLPOConfig(PPOConfig):
+    mask_top_p: float = Field(0.9, gt=0, le=1, description="actions outside the mask policy's top-p set are masked")
+    mask_update_every: int = Field(5, gt=0, description="μ: copy the learner into the mask policy every μ iterations")
+    min_tokens_to_keep: int = Field(1, gt=0, description="the mask keeps at least this many tokens")
+
+
+class A2CConfig(CriticConfig):
+    minibatch_size: int = Field(32, gt=0, description="samples per gradient step (one epoch, no clipping)")
+
+
+class TRPOConfig(CriticConfig):
+    max_kl: float = Field(0.01, gt=0, description="δ: bound on the mean per-token KL(old ‖ new) of an update")
+    cg_iters: int = Field(10, gt=0, description="conjugate-gradient iterations for F⁻¹g")
+    cg_damping: float = Field(0.1, ge=0, description="λ in (F + λI)v, keeps the Fisher solve stable")
+    backtrack_coef: float = Field(0.5, gt=0, lt=1, description="step shrink factor of the line search")
+    backtrack_iters: int = Field(10, gt=0, description="line-search tries before the update is rejected")
+    value_epochs: int = Field(2, gt=0, description="epochs of value regression per iteration")
+
+
+class ReinforceConfig(OptimConfig):
+    baseline_decay: float = Field(
+        0.9, ge=0, lt=1, description="baseline = moving average of the reward with this decay (0: batch mean only)"
+    )
+
+
+class RLOOConfig(OptimConfig):
+    k: int = Field(4, gt=1, description="completions per prompt; each one's baseline is the mean of the other k−1")
+
+
+class GRPOConfig(OptimConfig):
+    k: int = Field(4, gt=1, description="completions per prompt (a group)")
+    epochs: int = Field(1, gt=0, description="passes over each rollout")
+    clip_range: float = Field(0.2, gt=0, description="ε in the clipped ratio")
+    beta: float = Field(0.04, ge=0, description="weight of the k3 KL estimate in the loss (not in the reward)")
+    scale_rewards: bool = Field(True, description="divide group-centred rewards by the group's std")
 
 
 class EvalConfig(Section):
@@ -121,8 +173,13 @@ class TrainConfig(Section):
     task: str = Field("sentiment", description="a registered task (`lmgym tasks` lists them)")
     task_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the task factory")
     model: ModelConfig = Field(default_factory=ModelConfig)
-    algo: Literal["ppo"] = "ppo"
+    algo: Literal["ppo", "nlpo", "a2c", "trpo", "reinforce", "rloo", "grpo"] = Field(
+        "ppo", description="the algorithm; its settings are the section of the same name"
+    )
     iterations: int = Field(50, gt=0)
+    max_train_seconds: float | None = Field(
+        None, gt=0, description="stop after the iteration that crosses this wall-clock budget (evaluation excluded)"
+    )
     seed: int = 0
     run_dir: str = Field("runs", description="runs are written to run_dir/name")
     name: str | None = Field(None, description="run name; default <task>-<algo>-<timestamp>")
@@ -131,6 +188,12 @@ class TrainConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     kl: KLSettings = Field(default_factory=KLSettings)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    nlpo: NLPOConfig = Field(default_factory=NLPOConfig)
+    a2c: A2CConfig = Field(default_factory=A2CConfig)
+    trpo: TRPOConfig = Field(default_factory=TRPOConfig)
+    reinforce: ReinforceConfig = Field(default_factory=ReinforceConfig)
+    rloo: RLOOConfig = Field(default_factory=RLOOConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 

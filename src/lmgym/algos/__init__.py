@@ -1,8 +1,28 @@
-"""Training algorithms."""
+"""Training algorithms, chosen by the config's ``algo`` key."""
+
+from __future__ import annotations
+
+import importlib
 
 from lmgym.algos.onpolicy import OnPolicyTrainer, TrainResult
-from lmgym.algos.ppo import PPOTrainer
 
-TRAINERS = {"ppo": PPOTrainer}
+# algo name → "module:class"; imported on first use.
+TRAINERS: dict[str, str] = {
+    "ppo": "lmgym.algos.ppo:PPOTrainer",
+    "nlpo": "lmgym.algos.nlpo:NLPOTrainer",
+    "a2c": "lmgym.algos.a2c:A2CTrainer",
+    "trpo": "lmgym.algos.trpo:TRPOTrainer",
+    "reinforce": "lmgym.algos.reinforce:ReinforceTrainer",
+    "rloo": "lmgym.algos.rloo:RLOOTrainer",
+    "grpo": "lmgym.algos.grpo:GRPOTrainer",
+}
 
-__all__ = ["TRAINERS", "OnPolicyTrainer", "PPOTrainer", "TrainResult"]
+
+def get_trainer(algo: str) -> type[OnPolicyTrainer]:
+    if algo not in TRAINERS:
+        raise KeyError(f"unknown algo {algo!r}; available: {', '.join(TRAINERS)}")
+    module, name = TRAINERS[algo].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = ["TRAINERS", "OnPolicyTrainer", "TrainResult", "get_trainer"]

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from safetensors.torch import save_file
 
 from lmgym.algos.advantages import gae, masked_mean, whiten
 from lmgym.algos.rollout import Rollout, collect_rollout
@@ -67,6 +69,11 @@ def prompt_indices(n_samples: int, batch_size: int, iteration: int, seed: int) -
 class OnPolicyTrainer:
     uses_critic = True
 
+    @property
+    def samples_per_prompt(self) -> int:
+        """Completions drawn for each prompt (k of group-based algorithms; 1 otherwise)."""
+        return int(getattr(self.algo_config, "k", 1))
+
     def __init__(
         self,
         config: TrainConfig,
@@ -79,6 +86,19 @@ class OnPolicyTrainer:
     ) -> None:
         self.config = config
         self.console = console or Console()
+        if config.rollout.batch_size % self.samples_per_prompt:
+            raise ValueError(
+                f"rollout.batch_size ({config.rollout.batch_size}) must be a multiple of "
+                f"{config.algo}.k ({self.samples_per_prompt}): it counts completions, k per prompt"
+            )
+        name = config.name or f"{config.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.run = RunDir(Path(config.run_dir) / name)
+        if not resume and not overwrite and self.run.root.exists() and any(self.run.root.iterdir()):
+            # Checked before any model is loaded, so a name clash costs no compute.
+            raise FileExistsError(
+                f"run folder {self.run.root} exists; pass --resume to continue it, --overwrite to replace it, "
+                "or choose another name (--set name=...)"
+            )
         torch.manual_seed(config.seed)
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
         self.task = task or load_task(config.task, **config.task_args)
@@ -95,8 +115,6 @@ class OnPolicyTrainer:
         self.generation = make_generation_config(self.tokenizer, **config.generation.hf_settings(self.max_new_tokens))
         self.temperature = config.generation.temperature if config.generation.do_sample else 1.0
         self.optimizer = self.make_optimizer()
-        name = config.name or f"{config.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self.run = RunDir(Path(config.run_dir) / name)
         self.start_iteration = 1
         self.before: dict[str, float] | None = None
         self.before_samples: list[dict[str, Any]] = []
@@ -132,15 +150,8 @@ class OnPolicyTrainer:
             self.run.create(self.config)  # the resumed run's config (e.g. more iterations)
             self.console.print(f"[bold]resuming[/] {self.run.root} from iteration {step}")
             return
-        if self.run.root.exists() and any(self.run.root.iterdir()):
-            if not overwrite:
-                raise FileExistsError(
-                    f"run folder {self.run.root} exists; pass --resume to continue it, --overwrite to replace it, "
-                    "or choose another name (--set name=...)"
-                )
-            import shutil
-
-            shutil.rmtree(self.run.root)
+        if self.run.root.exists():
+            shutil.rmtree(self.run.root)  # only reached with overwrite=True
         self.run.create(self.config)
 
     # --- one iteration ---------------------------------------------------------------------------
@@ -149,6 +160,7 @@ class OnPolicyTrainer:
         return collect_rollout(
             self.policy, self.reference, self.reward, samples, self.generation,
             self.config.model.max_prompt_tokens, temperature=self.temperature,
+            reuse_generation_scores=self.config.rollout.reuse_generation_scores,
         )
 
     def kl_penalised_rewards(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,8 +180,9 @@ class OnPolicyTrainer:
 
     def step(self, iteration: int) -> dict[str, Any]:
         torch.manual_seed(self.config.seed * 1_000_003 + iteration)  # makes a resumed run exact
-        idx = prompt_indices(len(self.train_samples), self.config.rollout.batch_size, iteration, self.config.seed)
-        rollout = self.rollout([self.train_samples[i] for i in idx])
+        k = self.samples_per_prompt
+        idx = prompt_indices(len(self.train_samples), self.config.rollout.batch_size // k, iteration, self.config.seed)
+        rollout = self.rollout([self.train_samples[i] for i in idx for _ in range(k)])
         rewards, kl = self.kl_penalised_rewards(rollout)
         advantages, returns = self.advantages(rollout, rewards)
         t0 = time.perf_counter()
@@ -180,13 +193,13 @@ class OnPolicyTrainer:
                 raise TrainingError(f"iteration {iteration}: {key} is {value}; stopping before the weights are saved")
         kl_per_seq = float(kl.sum(-1).mean())
         kl_coef = self.kl_ctl.value
-        self.kl_ctl.update(kl_per_seq, len(idx))
+        self.kl_ctl.update(kl_per_seq, len(rollout.samples))
         n_gen = int(rollout.mask.sum())
         record: dict[str, Any] = {
             "iteration": iteration,
             "kind": "train",
             "reward/task": float(rollout.sample_rewards.mean()),
-            "reward/task_std": float(rollout.sample_rewards.std()) if len(idx) > 1 else 0.0,
+            "reward/task_std": float(rollout.sample_rewards.std()) if len(rollout.samples) > 1 else 0.0,
             "reward/penalised": float((rewards * rollout.mask).sum(-1).mean()),
             "kl": kl_per_seq,
             "kl_coef": kl_coef,
@@ -240,38 +253,39 @@ class OnPolicyTrainer:
         with Progress(*columns, console=self.console, transient=False) as progress:
             bar = progress.add_task(f"{cfg.algo} on {cfg.task}", total=cfg.iterations,
                                     completed=self.start_iteration - 1, status="")
+            started, last = time.perf_counter(), self.start_iteration - 1
             for iteration in range(self.start_iteration, cfg.iterations + 1):
                 record = self.step(iteration)
                 self.run.log_metrics(record)
                 history.append(record)
+                last = iteration
                 status = (
                     f"reward {record['reward/task']:+.3f}  kl {record['kl']:.2f}  β {record['kl_coef']:.3f}  "
                     f"len {record['gen_len']:.1f}"
                 )
                 progress.update(bar, advance=1, status=status)
                 progress.console.print(
-                    f"it {iteration:>4}  {status}  "
-                    + "  ".join(f"{p} {record[f'time/{p}']:.1f}s" for p in ("generate", "score", "reward", "update")),
+                    f"it {iteration:>3}  {status} |"
+                    + "".join(f" {p} {record[f'time/{p}']:.1f}s" for p in ("generate", "score", "update")),
                     highlight=False,
                 )
                 if cfg.eval.every and iteration % cfg.eval.every == 0 and iteration < cfg.iterations:
                     self.evaluate(iteration)
                 if cfg.checkpoint.every and iteration % cfg.checkpoint.every == 0:
                     self.save(iteration)
-        after, after_records = self.evaluate(cfg.iterations)
-        self.save(cfg.iterations)
+                if cfg.max_train_seconds is not None and time.perf_counter() - started >= cfg.max_train_seconds:
+                    progress.console.print(f"stopping after iteration {iteration}: max_train_seconds reached")
+                    break
+        after, after_records = self.evaluate(last)
+        self.save(last)
         self.save_final()
         self.run.plot()
         self.report(after, after_records)
         return TrainResult(self.run.root, self.before, after, history)
 
     def save_final(self) -> None:
-        from safetensors.torch import save_file
-
         final = self.run.final
         tmp = final.with_name(".tmp-final")
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         self.policy.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)

@@ -89,18 +89,30 @@ def collect_rollout(
     max_prompt_tokens: int,
     temperature: float = 1.0,
     logits_processor: LogitsProcessorList | None = None,
+    reuse_generation_scores: bool = True,
 ) -> Rollout:
+    """Generate for ``samples``, score the tokens and compute the task rewards.
+
+    With ``reuse_generation_scores`` the behaviour policy's log-probs and values
+    come from the logits and hidden states generation computed; otherwise from a
+    separate forward pass. The reference always takes one forward pass.
+    """
     tok = policy.tokenizer
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     prompt_ids, prompt_mask, n_truncated = tokenize_prompts(tok, [s.prompt for s in samples], max_prompt_tokens)
-    gen_ids, gen_mask = policy.generate(prompt_ids, prompt_mask, generation, logits_processor)
-    batch = TokenBatch(prompt_ids, prompt_mask, gen_ids, gen_mask)
+    if reuse_generation_scores:
+        batch, scores = policy.generate_and_score(prompt_ids, prompt_mask, generation, temperature, logits_processor)
+    else:
+        gen_ids, gen_mask = policy.generate(prompt_ids, prompt_mask, generation, logits_processor)
+        batch = TokenBatch(prompt_ids, prompt_mask, gen_ids, gen_mask)
+    gen_ids, gen_mask = batch.gen_ids, batch.gen_mask
     seconds["generate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     with torch.inference_mode():
-        scores = policy.score(batch, temperature=temperature)
+        if not reuse_generation_scores:
+            scores = policy.score(batch, temperature=temperature)
         ref_logprobs = reference.logprobs(batch, temperature=temperature)
     seconds["score"] = time.perf_counter() - t0
 

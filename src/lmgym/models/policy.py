@@ -8,6 +8,8 @@ EOS), ``V`` vocabulary, ``H`` hidden size.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -35,44 +37,47 @@ class Scores:
     logits: torch.Tensor | None = field(default=None, repr=False)  # [B, G, V], temperature-scaled
 
 
+@contextmanager
+def head_inputs(model: PreTrainedModel) -> Iterator[list[torch.Tensor]]:
+    """Record the inputs of the LM head: the final hidden states, after the last
+    norm and any model-specific scaling, exactly what the logits are made from."""
+    captured: list[torch.Tensor] = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 def forward_generated(
-    model: PreTrainedModel, is_seq2seq: bool, batch: TokenBatch, need_hidden: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    model: PreTrainedModel, is_seq2seq: bool, batch: TokenBatch
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass; returns logits and final hidden states at the generated positions.
 
     Position ``t`` holds the state before generated token ``t``: its logits score
     that token, its hidden state feeds the value head.
     """
     G = batch.gen_ids.shape[1]
-    if is_seq2seq:
-        start = torch.full_like(batch.gen_ids[:, :1], model.config.decoder_start_token_id)
-        out = model(
-            input_ids=batch.prompt_ids,
-            attention_mask=batch.prompt_mask,
-            decoder_input_ids=torch.cat([start, batch.gen_ids[:, :-1]], dim=1),
-            decoder_attention_mask=torch.cat([torch.ones_like(start), batch.gen_mask[:, :-1]], dim=1),
-            output_hidden_states=need_hidden,
-            use_cache=False,
-        )
-        hidden = out.decoder_hidden_states[-1] if need_hidden else None
-        return out.logits, hidden
-    input_ids = torch.cat([batch.prompt_ids, batch.gen_ids], dim=1)
-    attention_mask = torch.cat([batch.prompt_mask, batch.gen_mask], dim=1)
-    # Left padding shifts every position; HF's forward (unlike generate) does not
-    # derive position ids from the mask, so pass them.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs = {"logits_to_keep": G + 1} if getattr(model, "_supports_logits_to_keep", lambda: False)() else {}
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        output_hidden_states=need_hidden,
-        use_cache=False,
-        **kwargs,
-    )
-    logits = out.logits[:, -(G + 1) : -1]
-    hidden = out.hidden_states[-1][:, -(G + 1) : -1] if need_hidden else None
-    return logits, hidden
+    with head_inputs(model) as hidden:
+        if is_seq2seq:
+            start = torch.full_like(batch.gen_ids[:, :1], model.config.decoder_start_token_id)
+            out = model(
+                input_ids=batch.prompt_ids,
+                attention_mask=batch.prompt_mask,
+                decoder_input_ids=torch.cat([start, batch.gen_ids[:, :-1]], dim=1),
+                decoder_attention_mask=torch.cat([torch.ones_like(start), batch.gen_mask[:, :-1]], dim=1),
+                use_cache=False,
+            )
+            return out.logits, hidden[-1]
+        input_ids = torch.cat([batch.prompt_ids, batch.gen_ids], dim=1)
+        attention_mask = torch.cat([batch.prompt_mask, batch.gen_mask], dim=1)
+        # Left padding shifts every position; HF's forward (unlike generate) does not
+        # derive position ids from the mask, so pass them.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs = {"logits_to_keep": G + 1} if getattr(model, "_supports_logits_to_keep", lambda: False)() else {}
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                    **kwargs)
+    return out.logits[:, -(G + 1) : -1], hidden[-1][:, -(G + 1) : -1]
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -149,15 +154,24 @@ class Policy(nn.Module):
         keep_logits: bool = False,
     ) -> Scores:
         """Log-probs, entropies and values of every generated token in one forward pass."""
-        want_values = with_values and self.value_head is not None
-        logits, hidden = forward_generated(
-            self.model, self.is_seq2seq, batch, need_hidden=want_values and self.critic is None
-        )
+        logits, hidden = forward_generated(self.model, self.is_seq2seq, batch)
+        return self._scores(batch, logits, hidden, temperature, with_values, with_entropy, keep_logits)
+
+    def _scores(
+        self,
+        batch: TokenBatch,
+        logits: torch.Tensor,
+        hidden: torch.Tensor,
+        temperature: float,
+        with_values: bool,
+        with_entropy: bool,
+        keep_logits: bool,
+    ) -> Scores:
         logits = logits.float() / temperature
         values = None
-        if want_values:
+        if with_values and self.value_head is not None:
             if self.critic is not None:
-                _, hidden = forward_generated(self.critic, self.is_seq2seq, batch, need_hidden=True)
+                _, hidden = forward_generated(self.critic, self.is_seq2seq, batch)
             values = self.value_head(hidden.float()).squeeze(-1)
         return Scores(
             logprobs=logprobs_from_logits(logits, batch.gen_ids),
@@ -165,6 +179,41 @@ class Policy(nn.Module):
             values=values,
             logits=logits if keep_logits else None,
         )
+
+    @torch.no_grad()
+    def generate_and_score(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        generation: GenerationConfig,
+        temperature: float = 1.0,
+        logits_processor: LogitsProcessorList | None = None,
+    ) -> tuple[TokenBatch, Scores]:
+        """Sample, and keep the logits and hidden states generation computed anyway, so
+        the behaviour policy's log-probs and values cost no second forward pass.
+
+        The logits are the model's raw ones (before any sampling processor); KV-cached
+        decoding matches a full forward pass to float rounding (~1e-6).
+        """
+        generation = copy.deepcopy(generation)
+        generation.return_dict_in_generate = True
+        generation.output_logits = True
+        with head_inputs(self.model) as hidden:
+            out = self.model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                generation_config=generation,
+                logits_processor=logits_processor,
+            )
+        gen_ids = out.sequences[:, 1:] if self.is_seq2seq else out.sequences[:, prompt_ids.shape[1] :]
+        G = gen_ids.shape[1]
+        batch = TokenBatch(prompt_ids, prompt_mask, gen_ids, self._mask(gen_ids))
+        logits = torch.stack(out.logits[:G], dim=1)  # [B, G, V]
+        states = torch.stack([h[:, -1] for h in hidden[:G]], dim=1)  # [B, G, H]
+        return batch, self._scores(batch, logits, states, temperature, True, True, False)
+
+    def _mask(self, gen_ids: torch.Tensor) -> torch.Tensor:
+        return generation_mask(gen_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
 
     @torch.no_grad()
     def generate(
@@ -175,19 +224,14 @@ class Policy(nn.Module):
         logits_processor: LogitsProcessorList | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample continuations; returns ``gen_ids`` [B, G] and ``gen_mask`` [B, G]."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            out = self.model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                generation_config=generation,
-                logits_processor=logits_processor,
-            )
-        finally:
-            self.model.train(was_training)
+        out = self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            generation_config=generation,
+            logits_processor=logits_processor,
+        )
         gen_ids = out[:, 1:] if self.is_seq2seq else out[:, prompt_ids.shape[1] :]
-        return gen_ids, generation_mask(gen_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        return gen_ids, self._mask(gen_ids)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.ModuleList]:

@@ -1,0 +1,91 @@
+"""Shared pieces of the critic-free algorithms (REINFORCE, RLOO, GRPO).
+
+None of them builds a value head (``uses_critic = False``): the baseline comes from other
+samples instead (a moving average, the other k−1 completions of a prompt, the group's mean).
+RLOO and GRPO draw k completions per prompt; the base trainer puts the k copies of a prompt
+next to each other in the rollout, so a [B] tensor viewed as [B/k, k] holds one prompt per row.
+
+REINFORCE and RLOO share the plain policy-gradient update, one pass in minibatches
+(masked means over the minibatch's generated tokens):
+
+    L_pg  = −E[ A · log πθ(a_t|s_t) ]            no ratio, no clipping
+    loss  = L_pg − ent_coef·H[πθ]
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from lmgym.algos.advantages import masked_mean
+from lmgym.algos.ppo import PPOTrainer
+from lmgym.algos.rollout import Rollout
+from lmgym.data.sample import Sample
+
+
+def sequence_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t R̂_t over each completion's generated tokens: [B, G] → [B]."""
+    return (rewards * mask).sum(-1)
+
+
+def by_group(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[B] → [B/k, k]: row i holds the k completions of the i-th prompt."""
+    if x.shape[0] % k:
+        raise ValueError(f"{x.shape[0]} samples do not split into groups of k={k}")
+    return x.view(-1, k)
+
+
+def check_groups(samples: list[Sample], k: int) -> None:
+    """Raise unless the samples come as k consecutive copies of each prompt."""
+    if len(samples) % k:
+        raise ValueError(f"the rollout holds {len(samples)} samples, not a multiple of k={k}")
+    for start in range(0, len(samples), k):
+        ids = {s.id for s in samples[start : start + k]}
+        if len(ids) != 1:
+            raise ValueError(f"samples {start}..{start + k - 1} should be k={k} completions of one prompt, got {ids}")
+
+
+def per_token(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Give each generated token its completion's value: [B] → [B, G] (0 under the mask)."""
+    return x[:, None] * mask
+
+
+def policy_gradient_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """−E[A·log πθ(a|s)] over the unmasked tokens; all inputs [B, G]."""
+    return -masked_mean(advantages * logprobs, mask)
+
+
+class CriticFreeTrainer(PPOTrainer):
+    """No value head; `update` is one pass of the plain policy gradient (PPO's minibatches and clipping)."""
+
+    uses_critic = False
+
+    def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        cfg = self.algo_config
+        sums: dict[str, float] = defaultdict(float)
+        steps = 0
+        for idx in self.minibatches(len(rollout.samples)):
+            mask = rollout.mask[idx].float()
+            scores = self.policy.score(
+                rollout.batch.index(idx), self.temperature, with_values=False, with_entropy=cfg.ent_coef != 0
+            )
+            pg_loss = policy_gradient_loss(scores.logprobs, advantages[idx], mask)
+            loss = pg_loss
+            if scores.entropy is not None:
+                loss = loss - cfg.ent_coef * masked_mean(scores.entropy, mask)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = self.clip_gradients(cfg.max_grad_norm)
+            self.optimizer.step()
+            steps += 1
+            with torch.no_grad():  # diagnostic only: k3 estimate of KL(π_old ‖ πθ) before this step
+                log_ratio = scores.logprobs - rollout.logprobs[idx]
+                approx_kl = masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask)
+            for key, value in (
+                ("loss/policy", pg_loss), ("loss/total", loss), ("grad_norm", grad_norm), ("approx_kl", approx_kl),
+            ):
+                sums[key] += float(value.detach())
+        stats = {k: v / steps for k, v in sums.items()}
+        stats["update_steps"] = float(steps)
+        return stats
