@@ -79,9 +79,11 @@ def update_flops(
     head_positions: int | None = None,
     value_head_params: int = 0,
     separate_critic: bool = False,
+    head_trainable: bool = True,
 ) -> float:
     """FLOPs of forward + backward over ``rows`` padded sequences of ``prompt_len`` + ``gen_len`` tokens.
 
+    A frozen LM head costs 4· instead of 6· (no weight gradient).
     Matmuls only (norms, softmax, the optimizer step and the embedding lookup are
     left out). A weight used on T tokens costs 2·T FLOPs per parameter forward and
     4·T backward (input and weight gradients), hence the factor 6:
@@ -112,7 +114,9 @@ def update_flops(
         trunk = 6 * shape.trunk_params * rows * S
         attention = 12 * shape.layers * shape.attn_width * rows * S * S
     head = shape.head_params * rows * K
-    total = trunk + attention + 6 * head + 6 * value_head_params * rows * G
+    # A frozen LM head (model.freeze_embeddings) still back-propagates to its input (4·) but
+    # computes no weight gradient.
+    total = trunk + attention + (6 if head_trainable else 4) * head + 6 * value_head_params * rows * G
     if separate_critic:
         total += trunk + attention + 2 * head
     return float(total)
@@ -241,6 +245,7 @@ def run_speed_benchmark(
                     shape, u["rows"], u["prompt_len"], u["gen_len"], is_seq2seq=trainer.policy.is_seq2seq,
                     head_positions=u["gen_len"] + 1 if keeps_logits else None,
                     value_head_params=value_params, separate_critic=trainer.policy.critic is not None,
+                    head_trainable=trainer.policy.model.get_output_embeddings().weight.requires_grad,
                 )
                 for u in trainer.update_log
             ]
