@@ -62,8 +62,14 @@ def optimizer_from_safetensors(optimizer: torch.optim.Optimizer, tensors: dict[s
 
 
 def save_checkpoint(
-    directory: Path, policy: torch.nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any]
+    directory: Path,
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    extra_modules: dict[str, torch.nn.Module] | None = None,
 ) -> Path:
+    """``extra_modules`` (file name → module, e.g. NLPO's mask policy) land in the same
+    temporary folder, so they are committed by the same rename."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".tmp-{directory.name}")
@@ -71,6 +77,8 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(policy, str(tmp / "policy.safetensors"))
+    for file_name, module in (extra_modules or {}).items():
+        save_model(module, str(tmp / file_name))
     tensors, meta = optimizer_to_safetensors(optimizer)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta), encoding="utf-8")
@@ -84,10 +92,17 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    directory: Path, policy: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+    directory: Path,
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    extra_modules: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
     directory = Path(directory)
     load_model(policy, str(directory / "policy.safetensors"))
+    for file_name, module in (extra_modules or {}).items():
+        if not (directory / file_name).exists():
+            raise FileNotFoundError(f"checkpoint {directory} lacks {file_name}; it was written by another algorithm")
+        load_model(module, str(directory / file_name))
     if optimizer is not None:
         meta = json.loads((directory / "optimizer.json").read_text(encoding="utf-8"))
         optimizer_from_safetensors(optimizer, load_file(str(directory / "optimizer.safetensors")), meta)

@@ -110,6 +110,7 @@ class OnPolicyTrainer:
         self.reference = ReferenceModel(loaded.model, loaded.is_seq2seq)
         freeze(loaded.model, config.model.freeze_embeddings, config.model.trainable_layers)
         self.policy = Policy(loaded.model, loaded.tokenizer, loaded.is_seq2seq, value_head=value_head)
+        self.build_extras()
         self.kl_ctl = make_kl_controller(config.kl.controller, config.kl.coef, config.kl.target, config.kl.horizon)
         self.max_new_tokens = config.generation.max_new_tokens or int(self.task.generation.get("max_new_tokens", 32))
         self.generation = make_generation_config(self.tokenizer, **config.generation.hf_settings(self.max_new_tokens))
@@ -142,9 +143,8 @@ class OnPolicyTrainer:
             if not found:
                 raise FileNotFoundError(f"--resume: no complete checkpoint under {self.run.checkpoints}")
             step, path = found[-1]
-            state = load_checkpoint(path, self.policy, self.optimizer)
-            self.kl_ctl.load_state_dict(state["kl_ctl"])
-            self.before, self.before_samples = state.get("before"), state.get("before_samples", [])
+            state = load_checkpoint(path, self.policy, self.optimizer, self.checkpoint_modules())
+            self.restore_state(state)
             self.start_iteration = step + 1
             self.run.truncate_after(step)
             self.run.create(self.config)  # the resumed run's config (e.g. more iterations)
@@ -228,15 +228,34 @@ class OnPolicyTrainer:
         self.run.log_samples([{"iteration": iteration, **r} for r in records])
         return metrics, records
 
-    def save(self, iteration: int) -> None:
-        state = {
+    # --- checkpoint hooks: subclasses extend these to save and restore their own state ------------
+
+    def build_extras(self) -> None:
+        """Create algorithm state beyond the policy (runs before the optimizer and any resume)."""
+
+    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
+        """Modules saved beside the policy in each checkpoint (file name → module)."""
+        return {}
+
+    def trainer_state(self, iteration: int) -> dict[str, Any]:
+        """JSON-able state saved in each checkpoint."""
+        return {
             "iteration": iteration,
             "kl_ctl": self.kl_ctl.state_dict(),
             "before": self.before,
             "before_samples": self.before_samples[:3],
             "config": self.config.model_dump(mode="json"),
         }
-        save_checkpoint(self.run.checkpoints / f"step-{iteration}", self.policy, self.optimizer, state)
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.before, self.before_samples = state.get("before"), state.get("before_samples", [])
+
+    def save(self, iteration: int) -> None:
+        save_checkpoint(
+            self.run.checkpoints / f"step-{iteration}", self.policy, self.optimizer,
+            self.trainer_state(iteration), self.checkpoint_modules(),
+        )
         prune_checkpoints(self.run.checkpoints, self.config.checkpoint.keep)
 
     def train(self) -> TrainResult:

@@ -51,27 +51,35 @@ class PPOTrainer(OnPolicyTrainer):
         perm = torch.randperm(n)
         return [perm[i : i + size] for i in range(0, n, size)]
 
+    def score_minibatch(
+        self, rollout: Rollout, idx: torch.Tensor, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """log πθ(a_t|s_t), H[πθ] (or None) and V(s_t) (or None), all [b, G], for the samples ``idx``."""
+        scores = self.policy.score(rollout.batch.index(idx), self.temperature, with_entropy=with_entropy)
+        return scores.logprobs, scores.entropy, scores.values
+
+    def old_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """log π_old(a_t|s_t) [B, G]: the distribution the rollout was sampled from."""
+        return rollout.logprobs
+
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         cfg = self.algo_config
+        old_logprobs = self.old_logprobs(rollout)
         sums: dict[str, float] = defaultdict(float)
         steps = 0
         for _ in range(cfg.epochs):
             epoch_kl, epoch_steps = 0.0, 0
             for idx in self.minibatches(len(rollout.samples)):
                 mask = rollout.mask[idx].float()
-                scores = self.policy.score(
-                    rollout.batch.index(idx), self.temperature, with_values=True, with_entropy=cfg.ent_coef != 0
-                )
-                pg_loss, pg_stats = ppo_policy_loss(
-                    scores.logprobs, rollout.logprobs[idx], advantages[idx], mask, cfg.clip_range
-                )
+                logprobs, entropy, values = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
+                pg_loss, pg_stats = ppo_policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask, cfg.clip_range)
                 loss = pg_loss
                 v_loss = torch.zeros(())
-                if scores.values is not None:
-                    v_loss = value_loss(scores.values, rollout.values[idx], returns[idx], mask, cfg.value_clip)
+                if values is not None:
+                    v_loss = value_loss(values, rollout.values[idx], returns[idx], mask, cfg.value_clip)
                     loss = loss + cfg.vf_coef * v_loss
-                if scores.entropy is not None:
-                    loss = loss - cfg.ent_coef * masked_mean(scores.entropy, mask)
+                if entropy is not None:
+                    loss = loss - cfg.ent_coef * masked_mean(entropy, mask)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = self.clip_gradients(cfg.max_grad_norm)

@@ -18,14 +18,12 @@ b is a float kept in the trainer and saved with each checkpoint (``reinforce_bas
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
 
 from lmgym.algos.critic_free import CriticFreeTrainer
 from lmgym.algos.rollout import Rollout
-from lmgym.checkpoint import list_checkpoints, prune_checkpoints, save_checkpoint
 
 
 def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -42,15 +40,17 @@ def update_baseline(baseline: float | None, batch_mean: float, decay: float) -> 
 
 
 class ReinforceTrainer(CriticFreeTrainer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def build_extras(self) -> None:
         self.baseline: float | None = None
-        super().__init__(*args, **kwargs)
-        if self.start_iteration > 1:  # resumed: the base loaded the newest checkpoint
-            _, path = list_checkpoints(self.run.checkpoints)[-1]
-            state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-            if "reinforce_baseline" not in state:
-                raise KeyError(f"{path} has no 'reinforce_baseline': it was not written by a REINFORCE run")
-            self.baseline = state["reinforce_baseline"]
+
+    def trainer_state(self, iteration: int) -> dict[str, Any]:
+        return {**super().trainer_state(iteration), "reinforce_baseline": self.baseline}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        super().restore_state(state)
+        if "reinforce_baseline" not in state:
+            raise KeyError("the checkpoint has no 'reinforce_baseline': it was not written by a REINFORCE run")
+        self.baseline = state["reinforce_baseline"]
 
     def advantages(self, rollout: Rollout, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = rollout.mask.float()
@@ -62,16 +62,3 @@ class ReinforceTrainer(CriticFreeTrainer):
         stats = super().update(rollout, advantages, returns)
         stats["reinforce/baseline"] = float(self.baseline)
         return stats
-
-    def save(self, iteration: int) -> None:
-        # OnPolicyTrainer.save's state plus the baseline (the base has no hook for extra keys).
-        state = {
-            "iteration": iteration,
-            "kl_ctl": self.kl_ctl.state_dict(),
-            "before": self.before,
-            "before_samples": self.before_samples[:3],
-            "config": self.config.model_dump(mode="json"),
-            "reinforce_baseline": self.baseline,
-        }
-        save_checkpoint(self.run.checkpoints / f"step-{iteration}", self.policy, self.optimizer, state)
-        prune_checkpoints(self.run.checkpoints, self.config.checkpoint.keep)

@@ -22,9 +22,10 @@ not part of the LM) take the natural-gradient step, as one flat vector.
 Memory: the KL over [batch, gen_len, vocab] with a double backward is the heavy part (for a 49k vocabulary
 ~200 KB per generated token for the logits alone, several times that with the graph). Steps 1, 2 and 5 therefore
 run over chunks of `minibatch_size` samples and accumulate token sums divided by the rollout's total token count,
-so the result is the mean over all tokens whatever the chunking. Each Fisher-vector product reruns one forward
-and two backward passes per chunk (cg_iters + 1 products per update); the old log-probabilities over the
-vocabulary (one [B, G, V] float tensor) are kept for measuring the line search's KL.
+so every quantity is the mean over all tokens whatever the chunking. When the rollout fits in one chunk, the graph
+of ∇KL̄ is built once and reused by all cg_iters + 1 Fisher-vector products; with several chunks each product
+redoes one forward and one backward per chunk before its double backward (more compute, bounded memory). The old
+log-probabilities over the vocabulary (one [B, G, V] float tensor) are kept for the line search's KL.
 """
 
 from __future__ import annotations
@@ -43,9 +44,13 @@ from lmgym.algos.rollout import Rollout
 from lmgym.models.policy import TokenBatch, forward_generated
 
 
-def flat_grad(output: torch.Tensor, params: list[torch.Tensor], create_graph: bool = False) -> torch.Tensor:
+def flat_grad(
+    output: torch.Tensor, params: list[torch.Tensor], create_graph: bool = False, retain_graph: bool | None = None
+) -> torch.Tensor:
     """∂output/∂params as one flat vector (zeros for parameters the output does not depend on)."""
-    grads = torch.autograd.grad(output, params, create_graph=create_graph, allow_unused=True)
+    grads = torch.autograd.grad(
+        output, params, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True
+    )
     grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params, strict=True)]
     return torch.cat([g.reshape(-1) for g in grads])
 
@@ -124,22 +129,40 @@ class TRPOTrainer(OnPolicyTrainer):
             terms = terms + cfg.ent_coef * scores.entropy
         return (terms * rollout.mask[idx]).sum(), F.log_softmax(scores.logits, dim=-1)
 
-    def fisher_vector_product(self, batch: TokenBatch, mask: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """(F + λI)·v with F the Hessian of KL̄(π_old ‖ πθ) at θ = θ_old (the current parameters)."""
+    def make_fisher_vector_product(
+        self, batch: TokenBatch, mask: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """v ↦ (F + λI)·v, F the Hessian of KL̄(π_old ‖ πθ) at θ = θ_old (the current parameters).
+
+        With one chunk, the first backward (∇KL̄ with its graph) is built once and every product
+        backpropagates through it again (retain_graph). With several chunks, keeping every chunk's
+        graph would cost the memory that chunking saves, so each product redoes the forward pass
+        and first backward chunk by chunk.
+        """
         params = self.policy_params()
         mask = mask.float()
         n_tokens = mask.sum().clamp(min=1.0)
-        fv = torch.zeros_like(v)
-        for idx in self.chunks(len(mask)):
+        chunks = self.chunks(len(mask))
+
+        def grad_kl(idx: torch.Tensor) -> torch.Tensor:  # ∇θ of this chunk's share of KL̄, differentiable
             with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
                 scores = self.policy.score(
                     batch.index(idx), self.temperature, with_values=False, with_entropy=False, keep_logits=True
                 )
             logp = F.log_softmax(scores.logits, dim=-1)  # [b, G, V]
-            kl = (categorical_kl(logp.detach(), logp) * mask[idx]).sum() / n_tokens
-            grad_kl = flat_grad(kl, params, create_graph=True)
-            fv += flat_grad(grad_kl @ v, params)
-        return fv + self.algo_config.cg_damping * v
+            kl = (categorical_kl(logp.detach(), logp) * mask[idx]).sum() / n_tokens  # 0, but not its derivatives
+            return flat_grad(kl, params, create_graph=True)
+
+        cached = grad_kl(chunks[0]) if len(chunks) == 1 else None
+
+        def fisher_vector_product(v: torch.Tensor) -> torch.Tensor:
+            if cached is not None:
+                fv = flat_grad(cached @ v, params, retain_graph=True)
+            else:
+                fv = sum(flat_grad(grad_kl(idx) @ v, params) for idx in chunks)
+            return fv + self.algo_config.cg_damping * v
+
+        return fisher_vector_product
 
     @torch.no_grad()
     def measure(
@@ -176,9 +199,7 @@ class TRPOTrainer(OnPolicyTrainer):
             old_logp.append(logp.detach())
 
         # 2-4. Natural-gradient direction x ≈ F⁻¹g by conjugate gradient, scaled to the trust region.
-        def fvp(v: torch.Tensor) -> torch.Tensor:
-            return self.fisher_vector_product(rollout.batch, rollout.mask, v)
-
+        fvp = self.make_fisher_vector_product(rollout.batch, rollout.mask)
         x = conjugate_gradient(fvp, g, cfg.cg_iters)
         x_F_x = float(x @ fvp(x))
         stats = {
