@@ -257,3 +257,28 @@ def test_trpo_resume_is_exact(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     opt = load_file(str(full.run_dir / "checkpoints" / "step-4" / "optimizer.safetensors"))
     assert opt and all(v.numel() <= 65 for v in opt.values())  # only the value head's Adam state (64 + 1)
+
+
+@pytest.mark.parametrize("value_head", ["shared", "separate"])
+def test_trpo_value_regression_leaves_the_policy_alone(tmp_path: Path, value_head: str) -> None:
+    cfg = config(tmp_path, "vf", "algo=trpo", "rollout.batch_size=6", f"model.value_head={value_head}",
+                 "trpo.minibatch_size=4", "trpo.value_head_lr=1e-2", "trpo.lr=1e-3")
+    trainer = TRPOTrainer(cfg, console=quiet())
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimized.isdisjoint(id(p) for p in trainer.policy.model.parameters())
+    assert {id(p) for p in trainer.policy.value_head.parameters()} <= optimized
+    critic = list(trainer.policy.critic.parameters()) if trainer.policy.critic is not None else []
+    assert (value_head == "separate") == bool(critic) and {id(p) for p in critic} <= optimized
+
+    torch.manual_seed(0)
+    rollout = trainer.rollout(trainer.train_samples[:6])
+    returns = torch.ones_like(rollout.logprobs) * rollout.mask  # a target the zero-initialised critic misses
+    lm = [p.detach().clone() for p in trainer.policy.model.parameters()]
+    head, crit = ([p.detach().clone() for p in m] for m in (trainer.policy.value_head.parameters(), critic))
+    first = trainer.regress_values(rollout, returns)
+    assert all(torch.equal(a, b) for a, b in zip(lm, trainer.policy.model.parameters(), strict=True))
+    assert all(p.grad is None for p in trainer.policy.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(head, trainer.policy.value_head.parameters(), strict=True))
+    if critic:
+        assert any(not torch.equal(a, b) for a, b in zip(crit, critic, strict=True))
+    assert trainer.regress_values(rollout, returns) < first  # the regression fits

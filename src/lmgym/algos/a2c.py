@@ -29,32 +29,31 @@ def a2c_policy_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torc
 
 
 class A2CTrainer(PPOTrainer):
-    """PPO's trainer (minibatches, gradient clipping) with one epoch and the unclipped policy gradient."""
+    """PPO's trainer (minibatches, scoring hooks, gradient clipping) with one epoch and the plain policy gradient."""
 
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         cfg = self.algo_config
+        old_logprobs = self.old_logprobs(rollout)
         sums: dict[str, float] = defaultdict(float)
         steps = 0
         for idx in self.minibatches(len(rollout.samples)):
             mask = rollout.mask[idx].float()
-            scores = self.policy.score(
-                rollout.batch.index(idx), self.temperature, with_values=True, with_entropy=cfg.ent_coef != 0
-            )
-            pg_loss = a2c_policy_loss(scores.logprobs, advantages[idx], mask)
+            logprobs, entropy, values = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
+            pg_loss = a2c_policy_loss(logprobs, advantages[idx], mask)
             loss = pg_loss
             v_loss = torch.zeros(())
-            if scores.values is not None:
-                v_loss = value_loss(scores.values, rollout.values[idx], returns[idx], mask, clip=None)
+            if values is not None:
+                v_loss = value_loss(values, rollout.values[idx], returns[idx], mask, clip=None)
                 loss = loss + cfg.vf_coef * v_loss
-            if scores.entropy is not None:
-                loss = loss - cfg.ent_coef * masked_mean(scores.entropy, mask)
+            if entropy is not None:
+                loss = loss - cfg.ent_coef * masked_mean(entropy, mask)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = self.clip_gradients(cfg.max_grad_norm)
             self.optimizer.step()
             steps += 1
             with torch.no_grad():  # diagnostic only: k3 estimate of KL(π_old ‖ πθ) before this step
-                log_ratio = scores.logprobs - rollout.logprobs[idx]
+                log_ratio = logprobs - old_logprobs[idx]
                 approx_kl = masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask)
             for key, value in (
                 ("loss/policy", pg_loss), ("loss/value", v_loss), ("loss/total", loss), ("grad_norm", grad_norm),

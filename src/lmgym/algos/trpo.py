@@ -190,7 +190,7 @@ class TRPOTrainer(OnPolicyTrainer):
         n_tokens = rollout.mask.sum().clamp(min=1)
 
         # 1. The surrogate's gradient at θ_old, and π_old over the vocabulary for measuring KL later.
-        g = torch.zeros(sum(p.numel() for p in params))
+        g = torch.zeros(sum(p.numel() for p in params), device=self.policy.device)
         surrogate_old, old_logp = 0.0, []
         for idx in self.chunks(len(rollout.samples)):
             surr, logp = self.surrogate_sum(rollout, advantages, idx)
@@ -204,7 +204,7 @@ class TRPOTrainer(OnPolicyTrainer):
         x_F_x = float(x @ fvp(x))
         stats = {
             "loss/policy": -surrogate_old, "grad_norm": float(g.norm()),
-            "trpo/step_kl": 0.0, "trpo/backtracks": float(cfg.backtrack_iters), "trpo/accepted": 0.0,
+            "trpo/step_kl": 0.0, "trpo/backtracks": 0.0, "trpo/accepted": 0.0,
             "trpo/surrogate_gain": 0.0, "trpo/expected_gain": 0.0,
         }
         if not x_F_x > 0:  # g = 0 (e.g. all advantages zero): nothing to do
@@ -224,6 +224,7 @@ class TRPOTrainer(OnPolicyTrainer):
                 })
                 return stats
         set_flat_params(params, theta_old)  # no step was acceptable
+        stats["trpo/backtracks"] = float(cfg.backtrack_iters)
         return stats
 
     # --- 6. the critic --------------------------------------------------------------------------------------
