@@ -14,12 +14,10 @@ and clipping are what would correct for it).
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 
 from lmgym.algos.advantages import masked_mean
-from lmgym.algos.ppo import PPOTrainer, value_loss
+from lmgym.algos.ppo import PPOTrainer, approx_kl, entropy_of, value_loss
 from lmgym.algos.rollout import Rollout
 
 
@@ -31,35 +29,16 @@ def a2c_policy_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torc
 class A2CTrainer(PPOTrainer):
     """PPO's trainer (minibatches, scoring hooks, gradient clipping) with one epoch and the plain policy gradient."""
 
-    def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+    def minibatch_loss(
+        self, rollout: Rollout, idx: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
+        old_logprobs: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.algo_config
-        old_logprobs = self.old_logprobs(rollout)
-        sums: dict[str, float] = defaultdict(float)
-        steps = 0
-        for idx in self.minibatches(len(rollout.samples)):
-            mask = rollout.mask[idx].float()
-            logprobs, entropy, values = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
-            pg_loss = a2c_policy_loss(logprobs, advantages[idx], mask)
-            loss = pg_loss
-            v_loss = torch.zeros(())
-            if values is not None:
-                v_loss = value_loss(values, rollout.values[idx], returns[idx], mask, clip=None)
-                loss = loss + cfg.vf_coef * v_loss
-            if entropy is not None:
-                loss = loss - cfg.ent_coef * masked_mean(entropy, mask)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = self.clip_gradients(cfg.max_grad_norm)
-            self.optimizer.step()
-            steps += 1
-            with torch.no_grad():  # diagnostic only: k3 estimate of KL(π_old ‖ πθ) before this step
-                log_ratio = logprobs - old_logprobs[idx]
-                approx_kl = masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask)
-            for key, value in (
-                ("loss/policy", pg_loss), ("loss/value", v_loss), ("loss/total", loss), ("grad_norm", grad_norm),
-                ("approx_kl", approx_kl),
-            ):
-                sums[key] += float(value.detach())
-        stats = {k: v / steps for k, v in sums.items()}
-        stats["update_steps"] = float(steps)
-        return stats
+        mask = rollout.mask[idx].float()
+        logprobs, entropy, values = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
+        loss = a2c_policy_loss(logprobs, advantages[idx], mask)
+        stats = {"loss/policy": loss, "approx_kl": approx_kl(logprobs, old_logprobs[idx], mask)}
+        if values is not None:
+            stats["loss/value"] = value_loss(values, rollout.values[idx], returns[idx], mask, clip=None)
+            loss = loss + cfg.vf_coef * stats["loss/value"]
+        return loss - cfg.ent_coef * entropy_of(entropy, mask), stats

@@ -14,12 +14,10 @@ REINFORCE and RLOO share the plain policy-gradient update, one pass in minibatch
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 
 from lmgym.algos.advantages import masked_mean
-from lmgym.algos.ppo import PPOTrainer
+from lmgym.algos.ppo import PPOTrainer, approx_kl, entropy_of
 from lmgym.algos.rollout import Rollout
 from lmgym.data.sample import Sample
 
@@ -57,35 +55,17 @@ def policy_gradient_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask:
 
 
 class CriticFreeTrainer(PPOTrainer):
-    """No value head; `update` is one pass of the plain policy gradient (PPO's minibatches and clipping)."""
+    """No value head; one pass of the plain policy gradient through PPO's minibatch loop."""
 
     uses_critic = False
 
-    def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+    def minibatch_loss(
+        self, rollout: Rollout, idx: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
+        old_logprobs: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.algo_config
-        sums: dict[str, float] = defaultdict(float)
-        steps = 0
-        for idx in self.minibatches(len(rollout.samples)):
-            mask = rollout.mask[idx].float()
-            scores = self.policy.score(
-                rollout.batch.index(idx), self.temperature, with_values=False, with_entropy=cfg.ent_coef != 0
-            )
-            pg_loss = policy_gradient_loss(scores.logprobs, advantages[idx], mask)
-            loss = pg_loss
-            if scores.entropy is not None:
-                loss = loss - cfg.ent_coef * masked_mean(scores.entropy, mask)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = self.clip_gradients(cfg.max_grad_norm)
-            self.optimizer.step()
-            steps += 1
-            with torch.no_grad():  # diagnostic only: k3 estimate of KL(π_old ‖ πθ) before this step
-                log_ratio = scores.logprobs - rollout.logprobs[idx]
-                approx_kl = masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask)
-            for key, value in (
-                ("loss/policy", pg_loss), ("loss/total", loss), ("grad_norm", grad_norm), ("approx_kl", approx_kl),
-            ):
-                sums[key] += float(value.detach())
-        stats = {k: v / steps for k, v in sums.items()}
-        stats["update_steps"] = float(steps)
-        return stats
+        mask = rollout.mask[idx].float()
+        logprobs, entropy, _ = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
+        loss = policy_gradient_loss(logprobs, advantages[idx], mask)
+        stats = {"loss/policy": loss, "approx_kl": approx_kl(logprobs, old_logprobs[idx], mask)}
+        return loss - cfg.ent_coef * entropy_of(entropy, mask), stats

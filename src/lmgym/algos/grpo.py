@@ -23,14 +23,13 @@ mean per-token k3 estimate under πθ during the update (the term the loss sees)
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Any
 
 import torch
 
 from lmgym.algos.advantages import masked_mean
 from lmgym.algos.critic_free import CriticFreeTrainer, by_group, check_groups, per_token, sequence_returns
-from lmgym.algos.ppo import ppo_policy_loss
+from lmgym.algos.ppo import entropy_of, ppo_policy_loss
 from lmgym.algos.rollout import Rollout
 from lmgym.rewards.kl import FixedKL
 
@@ -73,33 +72,15 @@ class GRPOTrainer(CriticFreeTrainer):
         returns = sequence_returns(rewards, mask)  # [B]
         return per_token(grpo_advantages(returns, cfg.k, cfg.scale_rewards), mask), per_token(returns, mask)
 
-    def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+    def minibatch_loss(
+        self, rollout: Rollout, idx: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
+        old_logprobs: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.algo_config
-        sums: dict[str, float] = defaultdict(float)
-        steps = 0
-        for _ in range(cfg.epochs):
-            for idx in self.minibatches(len(rollout.samples)):
-                mask = rollout.mask[idx].float()
-                scores = self.policy.score(
-                    rollout.batch.index(idx), self.temperature, with_values=False, with_entropy=cfg.ent_coef != 0
-                )
-                pg_loss, pg_stats = ppo_policy_loss(
-                    scores.logprobs, rollout.logprobs[idx], advantages[idx], mask, cfg.clip_range
-                )
-                kl = masked_mean(k3_kl(scores.logprobs, rollout.ref_logprobs[idx]), mask)
-                loss = pg_loss + cfg.beta * kl
-                if scores.entropy is not None:
-                    loss = loss - cfg.ent_coef * masked_mean(scores.entropy, mask)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = self.clip_gradients(cfg.max_grad_norm)
-                self.optimizer.step()
-                steps += 1
-                for key, value in (
-                    ("loss/policy", pg_loss), ("loss/total", loss), ("grpo/kl", kl), ("grad_norm", grad_norm),
-                    *pg_stats.items(),
-                ):
-                    sums[key] += float(value.detach())
-        stats = {k: v / steps for k, v in sums.items()}
-        stats["update_steps"] = float(steps)
-        return stats
+        mask = rollout.mask[idx].float()
+        logprobs, entropy, _ = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
+        loss, stats = ppo_policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask, cfg.clip_range)
+        stats["loss/policy"] = loss
+        stats["grpo/kl"] = masked_mean(k3_kl(logprobs, rollout.ref_logprobs[idx]), mask)
+        loss = loss + cfg.beta * stats["grpo/kl"]
+        return loss - cfg.ent_coef * entropy_of(entropy, mask), stats

@@ -30,9 +30,21 @@ def ppo_policy_loss(
     with torch.no_grad():
         stats = {
             "clip_frac": masked_mean((clipped > unclipped).float(), mask),
-            "approx_kl": masked_mean(ratio - 1.0 - log_ratio, mask),  # k3 estimator of KL(old ‖ new)
+            "approx_kl": approx_kl(logprobs, old_logprobs, mask),
         }
     return loss, stats
+
+
+def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """k3 estimate of KL(π_old ‖ πθ) over the unmasked tokens (a diagnostic: no gradient)."""
+    with torch.no_grad():
+        log_ratio = logprobs - old_logprobs
+        return masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask)
+
+
+def entropy_of(entropy: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """Mean entropy over the unmasked tokens; 0 when it was not computed (ent_coef = 0)."""
+    return masked_mean(entropy, mask) if entropy is not None else torch.zeros(())
 
 
 def value_loss(
@@ -62,41 +74,48 @@ class PPOTrainer(OnPolicyTrainer):
         """log π_old(a_t|s_t) [B, G]: the distribution the rollout was sampled from."""
         return rollout.logprobs
 
+    def minibatch_loss(
+        self, rollout: Rollout, idx: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
+        old_logprobs: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of the samples ``idx`` and its parts; variants (A2C, GRPO, ...) override this."""
+        cfg = self.algo_config
+        mask = rollout.mask[idx].float()
+        logprobs, entropy, values = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
+        loss, stats = ppo_policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask, cfg.clip_range)
+        stats["loss/policy"] = loss
+        if values is not None:
+            stats["loss/value"] = value_loss(values, rollout.values[idx], returns[idx], mask, cfg.value_clip)
+            loss = loss + cfg.vf_coef * stats["loss/value"]
+        return loss - cfg.ent_coef * entropy_of(entropy, mask), stats
+
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        """``epochs`` passes of minibatch gradient steps on `minibatch_loss`; stops early when the
+        mean approximate KL of an epoch passes 1.5 × ``target_kl`` (where configured)."""
         cfg = self.algo_config
         old_logprobs = self.old_logprobs(rollout)
+        target_kl = getattr(cfg, "target_kl", None)
         sums: dict[str, float] = defaultdict(float)
         steps = 0
-        for _ in range(cfg.epochs):
+        for _ in range(getattr(cfg, "epochs", 1)):
             epoch_kl, epoch_steps = 0.0, 0
             for idx in self.minibatches(len(rollout.samples)):
-                mask = rollout.mask[idx].float()
-                logprobs, entropy, values = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
-                pg_loss, pg_stats = ppo_policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask, cfg.clip_range)
-                loss = pg_loss
-                v_loss = torch.zeros(())
-                if values is not None:
-                    v_loss = value_loss(values, rollout.values[idx], returns[idx], mask, cfg.value_clip)
-                    loss = loss + cfg.vf_coef * v_loss
-                if entropy is not None:
-                    loss = loss - cfg.ent_coef * masked_mean(entropy, mask)
+                loss, stats = self.minibatch_loss(rollout, idx, advantages, returns, old_logprobs)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = self.clip_gradients(cfg.max_grad_norm)
+                stats["grad_norm"] = self.clip_gradients(cfg.max_grad_norm)
                 self.optimizer.step()
+                stats["loss/total"] = loss
                 steps += 1
                 epoch_steps += 1
-                epoch_kl += float(pg_stats["approx_kl"])
-                for key, value in (
-                    ("loss/policy", pg_loss), ("loss/value", v_loss), ("loss/total", loss), ("grad_norm", grad_norm),
-                    *pg_stats.items(),
-                ):
+                epoch_kl += float(stats.get("approx_kl", 0.0))
+                for key, value in stats.items():
                     sums[key] += float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-            if cfg.target_kl is not None and epoch_kl / epoch_steps > 1.5 * cfg.target_kl:
+            if target_kl is not None and epoch_kl / epoch_steps > 1.5 * target_kl:
                 break
-        stats = {k: v / steps for k, v in sums.items()}
-        stats["update_steps"] = float(steps)
-        return stats
+        out = {k: v / steps for k, v in sums.items()}
+        out["update_steps"] = float(steps)
+        return out
 
     def clip_gradients(self, max_norm: float | None) -> torch.Tensor:
         params = [p for p in self.policy.parameters() if p.grad is not None]
