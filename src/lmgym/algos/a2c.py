@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from lmgym.algos.advantages import masked_mean
-from lmgym.algos.ppo import PPOTrainer, approx_kl, entropy_of, value_loss
+from lmgym.algos.ppo import PPOTrainer, approx_kl
 from lmgym.algos.rollout import Rollout
 
 
@@ -29,16 +29,8 @@ def a2c_policy_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torc
 class A2CTrainer(PPOTrainer):
     """PPO's trainer (minibatches, scoring hooks, gradient clipping) with one epoch and the plain policy gradient."""
 
-    def minibatch_loss(
-        self, rollout: Rollout, idx: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
-        old_logprobs: torch.Tensor,
+    def policy_loss(
+        self, rollout: Rollout, idx: torch.Tensor, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+        advantages: torch.Tensor, mask: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg = self.algo_config
-        mask = rollout.mask[idx].float()
-        logprobs, entropy, values = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
-        loss = a2c_policy_loss(logprobs, advantages[idx], mask)
-        stats = {"loss/policy": loss, "approx_kl": approx_kl(logprobs, old_logprobs[idx], mask)}
-        if values is not None:
-            stats["loss/value"] = value_loss(values, rollout.values[idx], returns[idx], mask, clip=None)
-            loss = loss + cfg.vf_coef * stats["loss/value"]
-        return loss - cfg.ent_coef * entropy_of(entropy, mask), stats
+        return a2c_policy_loss(logprobs, advantages, mask), {"approx_kl": approx_kl(logprobs, old_logprobs, mask)}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from lmgym.algos.advantages import masked_mean
-from lmgym.algos.ppo import PPOTrainer, approx_kl, entropy_of
+from lmgym.algos.ppo import PPOTrainer, approx_kl
 from lmgym.algos.rollout import Rollout
 from lmgym.data.sample import Sample
 
@@ -59,13 +59,9 @@ class CriticFreeTrainer(PPOTrainer):
 
     uses_critic = False
 
-    def minibatch_loss(
-        self, rollout: Rollout, idx: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
-        old_logprobs: torch.Tensor,
+    def policy_loss(
+        self, rollout: Rollout, idx: torch.Tensor, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+        advantages: torch.Tensor, mask: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg = self.algo_config
-        mask = rollout.mask[idx].float()
-        logprobs, entropy, _ = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
-        loss = policy_gradient_loss(logprobs, advantages[idx], mask)
-        stats = {"loss/policy": loss, "approx_kl": approx_kl(logprobs, old_logprobs[idx], mask)}
-        return loss - cfg.ent_coef * entropy_of(entropy, mask), stats
+        loss = policy_gradient_loss(logprobs, advantages, mask)
+        return loss, {"approx_kl": approx_kl(logprobs, old_logprobs, mask)}

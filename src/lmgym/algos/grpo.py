@@ -29,7 +29,7 @@ import torch
 
 from lmgym.algos.advantages import masked_mean
 from lmgym.algos.critic_free import CriticFreeTrainer, by_group, check_groups, per_token, sequence_returns
-from lmgym.algos.ppo import entropy_of, ppo_policy_loss
+from lmgym.algos.ppo import ppo_policy_loss
 from lmgym.algos.rollout import Rollout
 from lmgym.rewards.kl import FixedKL
 
@@ -72,15 +72,11 @@ class GRPOTrainer(CriticFreeTrainer):
         returns = sequence_returns(rewards, mask)  # [B]
         return per_token(grpo_advantages(returns, cfg.k, cfg.scale_rewards), mask), per_token(returns, mask)
 
-    def minibatch_loss(
-        self, rollout: Rollout, idx: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
-        old_logprobs: torch.Tensor,
+    def policy_loss(
+        self, rollout: Rollout, idx: torch.Tensor, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+        advantages: torch.Tensor, mask: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg = self.algo_config
-        mask = rollout.mask[idx].float()
-        logprobs, entropy, _ = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
-        loss, stats = ppo_policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask, cfg.clip_range)
-        stats["loss/policy"] = loss
+        """PPO's clipped objective plus β times the k3 KL estimate to the reference."""
+        loss, stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, self.algo_config.clip_range)
         stats["grpo/kl"] = masked_mean(k3_kl(logprobs, rollout.ref_logprobs[idx]), mask)
-        loss = loss + cfg.beta * stats["grpo/kl"]
-        return loss - cfg.ent_coef * entropy_of(entropy, mask), stats
+        return loss + self.algo_config.beta * stats["grpo/kl"], stats

@@ -74,18 +74,27 @@ class PPOTrainer(OnPolicyTrainer):
         """log π_old(a_t|s_t) [B, G]: the distribution the rollout was sampled from."""
         return rollout.logprobs
 
+    def policy_loss(
+        self, rollout: Rollout, idx: torch.Tensor, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+        advantages: torch.Tensor, mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The policy term for the samples ``idx`` (all tensors [b, G]); variants (A2C, GRPO, ...) override this."""
+        loss, stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, self.algo_config.clip_range)
+        return loss, stats
+
     def minibatch_loss(
         self, rollout: Rollout, idx: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
         old_logprobs: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss of the samples ``idx`` and its parts; variants (A2C, GRPO, ...) override this."""
+        """policy loss + vf_coef · value loss (when there is a critic) − ent_coef · entropy, and the parts."""
         cfg = self.algo_config
         mask = rollout.mask[idx].float()
         logprobs, entropy, values = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
-        loss, stats = ppo_policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask, cfg.clip_range)
+        loss, stats = self.policy_loss(rollout, idx, logprobs, old_logprobs[idx], advantages[idx], mask)
         stats["loss/policy"] = loss
         if values is not None:
-            stats["loss/value"] = value_loss(values, rollout.values[idx], returns[idx], mask, cfg.value_clip)
+            clip = getattr(cfg, "value_clip", None)
+            stats["loss/value"] = value_loss(values, rollout.values[idx], returns[idx], mask, clip)
             loss = loss + cfg.vf_coef * stats["loss/value"]
         return loss - cfg.ent_coef * entropy_of(entropy, mask), stats
 
