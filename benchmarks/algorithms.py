@@ -8,6 +8,8 @@ first. It writes a table (held-out reward, perplexity under the reference,
 distinct-2, wall time) and a plot of the training reward per iteration.
 
     python benchmarks/algorithms.py --max-seconds 150 --out bench-results/algorithms
+
+`--algos trpo --merge` re-runs some algorithms and keeps the other rows of an earlier results.json.
 """
 
 from __future__ import annotations
@@ -43,9 +45,15 @@ def run(args: argparse.Namespace) -> list[dict]:
     results = []
     for algo in args.algos.split(","):
         overrides = [
-            f"algo={algo}", f"iterations={args.iterations}", f"max_train_seconds={args.max_seconds}",
-            f"rollout.batch_size={args.batch_size}", f"eval.num_prompts={args.eval_prompts}",
-            f"run_dir={out}", f"name={algo}", "checkpoint.every=0", *algo_overrides(algo, args.lr),
+            f"algo={algo}",
+            f"iterations={args.iterations}",
+            f"max_train_seconds={args.max_seconds}",
+            f"rollout.batch_size={args.batch_size}",
+            f"eval.num_prompts={args.eval_prompts}",
+            f"run_dir={out}",
+            f"name={algo}",
+            "checkpoint.every=0",
+            *algo_overrides(algo, args.lr),
         ]
         config = load_config(DEMO, overrides)
         console.print(f"[bold]{algo}[/]: lmgym train configs/demo.yaml " + " ".join(f"--set {o}" for o in overrides))
@@ -71,6 +79,10 @@ def run(args: argparse.Namespace) -> list[dict]:
             f"{row['perplexity_before']:.1f} → {row['perplexity_after']:.1f}, {row['iterations']} iterations, "
             f"{wall:.0f} s"
         )
+    if args.merge and (out / "results.json").exists():
+        fresh = {r["algo"] for r in results}
+        earlier = [r for r in json.loads((out / "results.json").read_text(encoding="utf-8")) if r["algo"] not in fresh]
+        results = sorted(earlier + results, key=lambda r: ALGOS.index(r["algo"]) if r["algo"] in ALGOS else len(ALGOS))
     write_outputs(results, out)
     return results
 
@@ -116,6 +128,7 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--out", default="bench-results/algorithms")
+    parser.add_argument("--merge", action="store_true", help="keep earlier rows of algorithms not re-run")
     run(parser.parse_args())
 
 

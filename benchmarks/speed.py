@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     return run_speed_benchmark(
-        model=args.model, batch=args.batch, new_tokens=args.new_tokens, repeats=args.repeats,
-        console=Console(), threads=args.threads,
+        model=args.model,
+        batch=args.batch,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        console=Console(),
+        threads=args.threads,
     )
 
 

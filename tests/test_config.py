@@ -22,8 +22,14 @@ def test_defaults_are_valid() -> None:
 def test_set_overrides_are_typed_as_yaml() -> None:
     config = load_config(
         overrides=[
-            "ppo.lr=3e-3", "ppo.epochs=2", "eval.every=0", "generation.do_sample=false",
-            "ppo.value_clip=null", "name=my run", "task_args.per_token=true", "task_args.target=movie",
+            "ppo.lr=3e-3",
+            "ppo.epochs=2",
+            "eval.every=0",
+            "generation.do_sample=false",
+            "ppo.value_clip=null",
+            "name=my run",
+            "task_args.per_token=true",
+            "task_args.target=movie",
             "generation.top_p=0.9",
         ]
     )
@@ -36,7 +42,12 @@ def test_set_overrides_are_typed_as_yaml() -> None:
     assert config.task_args == {"per_token": True, "target": "movie"}
     assert config.generation.top_p == 0.9
     assert parse_overrides(["a.b=1.5e-5", "c=yes", "d=", "e=[1, 2]", "f=x=y", " g = 3"]) == [
-        ("a.b", 1.5e-5), ("c", True), ("d", ""), ("e", [1, 2]), ("f", "x=y"), ("g", 3)
+        ("a.b", 1.5e-5),
+        ("c", True),
+        ("d", ""),
+        ("e", [1, 2]),
+        ("f", "x=y"),
+        ("g", 3),
     ]
 
 
@@ -149,5 +160,10 @@ def test_generation_hf_settings() -> None:
     assert greedy.hf_settings(12) == {"max_new_tokens": 12, "min_new_tokens": 0, "do_sample": False}
     sampled = GenerationSettings(max_new_tokens=5, top_k=3)
     assert sampled.hf_settings(12) == {
-        "max_new_tokens": 5, "min_new_tokens": 0, "do_sample": True, "temperature": 1.0, "top_k": 3, "top_p": 1.0
+        "max_new_tokens": 5,
+        "min_new_tokens": 0,
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_k": 3,
+        "top_p": 1.0,
     }

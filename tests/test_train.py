@@ -27,9 +27,17 @@ def overrides(run_dir: Path, name: str, *extra: str) -> list[str]:
 
 # Small and quick, but every moving part on: adaptive KL, value clipping, several epochs and minibatches.
 SMALL = [
-    "rollout.batch_size=8", "ppo.epochs=2", "ppo.minibatch_size=4", "ppo.lr=1e-3",
-    "kl.controller=adaptive", "kl.coef=0.05", "kl.target=0.5", "kl.horizon=40",
-    "eval.num_prompts=8", "eval.batch_size=4", "checkpoint.every=3",
+    "rollout.batch_size=8",
+    "ppo.epochs=2",
+    "ppo.minibatch_size=4",
+    "ppo.lr=1e-3",
+    "kl.controller=adaptive",
+    "kl.coef=0.05",
+    "kl.target=0.5",
+    "kl.horizon=40",
+    "eval.num_prompts=8",
+    "eval.batch_size=4",
+    "checkpoint.every=3",
 ]
 
 
@@ -108,7 +116,9 @@ def test_run_folder_layout(run_x: Path) -> None:
 
     metrics = read_jsonl(run_x / "metrics.jsonl")
     assert [(r["iteration"], r["kind"]) for r in metrics] == [
-        (0, "eval"), *((i, "train") for i in range(1, 7)), (6, "eval")
+        (0, "eval"),
+        *((i, "train") for i in range(1, 7)),
+        (6, "eval"),
     ]
     for key in ("reward/task", "kl", "kl_coef", "entropy", "loss/policy", "loss/value", "clip_frac", "approx_kl"):
         assert all(isinstance(r[key], float) for r in metrics[1:7]), key
@@ -129,7 +139,10 @@ def test_run_folder_layout(run_x: Path) -> None:
     for step in (3, 6):
         folder = checkpoints / f"step-{step}"
         assert sorted(p.name for p in folder.iterdir()) == [
-            "optimizer.json", "optimizer.safetensors", "policy.safetensors", "trainer_state.json"
+            "optimizer.json",
+            "optimizer.safetensors",
+            "policy.safetensors",
+            "trainer_state.json",
         ]
         state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
         assert state["iteration"] == step and "value" in state["kl_ctl"]
@@ -169,8 +182,23 @@ def test_evaluate_run_reproduces_final_eval(run_x: Path) -> None:
 
 def test_cli_train_prints_comparison(tmp_path: Path) -> None:
     runner = CliRunner()
-    args = ["train", "--set", "model=tiny", "--set", "iterations=2", "--set", f"run_dir={tmp_path}",
-            "--set", "name=cli", "--set", "threads=1", "--set", "eval.num_prompts=8", "--set", "rollout.batch_size=4"]
+    args = [
+        "train",
+        "--set",
+        "model=tiny",
+        "--set",
+        "iterations=2",
+        "--set",
+        f"run_dir={tmp_path}",
+        "--set",
+        "name=cli",
+        "--set",
+        "threads=1",
+        "--set",
+        "eval.num_prompts=8",
+        "--set",
+        "rollout.batch_size=4",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "held-out evaluation" in result.output

@@ -11,6 +11,17 @@ from lmgym.rewards.base import Reward
 __version__ = "0.1.0"
 
 __all__ = [
-    "Policy", "ReferenceModel", "Reward", "Sample", "Task", "TextGenEnv", "TrainConfig",
-    "evaluate_run", "load_config", "load_model", "load_task", "register_task", "train",
+    "Policy",
+    "ReferenceModel",
+    "Reward",
+    "Sample",
+    "Task",
+    "TextGenEnv",
+    "TrainConfig",
+    "evaluate_run",
+    "load_config",
+    "load_model",
+    "load_task",
+    "register_task",
+    "train",
 ]

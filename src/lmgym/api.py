@@ -53,6 +53,14 @@ def evaluate_run(run: str | Path, split: str | None = None, num_prompts: int | N
     max_new = config.generation.max_new_tokens or int(task.generation.get("max_new_tokens", 32))
     generation = make_generation_config(final.tokenizer, **config.generation.hf_settings(max_new))
     samples = task.split(split or config.eval.split)[: num_prompts or config.eval.num_prompts]
-    metrics, _ = evaluate(policy, reference, task.reward, samples, generation, config.model.max_prompt_tokens,
-                          config.eval.batch_size, config.eval.seed)
+    metrics, _ = evaluate(
+        policy,
+        reference,
+        task.reward,
+        samples,
+        generation,
+        config.model.max_prompt_tokens,
+        config.eval.batch_size,
+        config.eval.seed,
+    )
     return metrics

@@ -27,8 +27,16 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lmgym.models.loading import ModelLoadError
     from lmgym.rewards.base import RewardError
 
-    return (ConfigError, ModelLoadError, RewardError, TrainingError, FileExistsError, FileNotFoundError, KeyError,
-            ValueError)
+    return (
+        ConfigError,
+        ModelLoadError,
+        RewardError,
+        TrainingError,
+        FileExistsError,
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+    )
 
 
 def _quiet_loading() -> None:

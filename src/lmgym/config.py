@@ -133,6 +133,9 @@ class TRPOConfig(CriticConfig):
     max_kl: float = Field(0.01, gt=0, description="δ: bound on the mean per-token KL(old ‖ new) of an update")
     cg_iters: int = Field(10, gt=0, description="conjugate-gradient iterations for F⁻¹g")
     cg_damping: float = Field(0.1, ge=0, description="λ in (F + λI)v, keeps the Fisher solve stable")
+    fisher_fraction: float = Field(
+        0.25, gt=0, le=1, description="share of the rollout's samples (evenly spaced) the Fisher-vector products use"
+    )
     backtrack_coef: float = Field(0.5, gt=0, lt=1, description="step shrink factor of the line search")
     backtrack_iters: int = Field(10, gt=0, description="line-search tries before the update is rejected")
     value_epochs: int = Field(2, gt=0, description="epochs of value regression per iteration")

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch.distributions import Categorical, kl_divergence
 
 from lmgym.algos.a2c import A2CTrainer, a2c_policy_loss
-from lmgym.algos.trpo import TRPOTrainer, conjugate_gradient
+from lmgym.algos.trpo import TRPOTrainer, conjugate_gradient, fisher_subsample
 from lmgym.api import train
 from lmgym.config import load_config
 from lmgym.models.policy import forward_generated
@@ -25,10 +25,18 @@ def quiet() -> Console:
 
 
 def config(run_dir: Path, name: str, *extra: str):
-    return load_config(overrides=[
-        "task=toy", "model=tiny", "threads=1", f"run_dir={run_dir}", f"name={name}",
-        "kl.controller=fixed", "kl.coef=0", *extra,
-    ])
+    return load_config(
+        overrides=[
+            "task=toy",
+            "model=tiny",
+            "threads=1",
+            f"run_dir={run_dir}",
+            f"name={name}",
+            "kl.controller=fixed",
+            "kl.coef=0",
+            *extra,
+        ]
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -60,6 +68,13 @@ def test_conjugate_gradient_solves_spd_system() -> None:
 
 
 # --- (b) Fisher-vector product ------------------------------------------------------------------------------
+
+
+def test_fisher_subsample_is_evenly_spaced_and_never_empty() -> None:
+    assert fisher_subsample(32, 0.25).tolist() == [0, 4, 9, 13, 18, 22, 27, 31]
+    assert fisher_subsample(32, 1.0).tolist() == list(range(32))
+    assert fisher_subsample(3, 0.01).tolist() == [0]
+    assert fisher_subsample(1, 0.5).tolist() == [0]
 
 
 def test_fisher_vector_product_matches_explicit_fisher(tmp_path: Path) -> None:
@@ -136,9 +151,18 @@ def test_trpo_update_stays_in_trust_region(tmp_path: Path) -> None:
     # so the line search has work to do (measured: full steps of KL 0.91, 0.16, 0.11 at δ = 0.1).
     max_kl = 0.1
     cfg = config(
-        tmp_path, "kl", "algo=trpo", "model.freeze_embeddings=false", "task_args.per_token=true", "iterations=8",
-        "rollout.batch_size=16", "trpo.minibatch_size=16", f"trpo.max_kl={max_kl}", "trpo.cg_damping=0.001",
-        "eval.num_prompts=4", "eval.batch_size=4",
+        tmp_path,
+        "kl",
+        "algo=trpo",
+        "model.freeze_embeddings=false",
+        "task_args.per_token=true",
+        "iterations=8",
+        "rollout.batch_size=16",
+        "trpo.minibatch_size=16",
+        f"trpo.max_kl={max_kl}",
+        "trpo.cg_damping=0.001",
+        "eval.num_prompts=4",
+        "eval.batch_size=4",
     )
     result = KLProbe(cfg, console=quiet()).train()
     history = result.history
@@ -175,8 +199,14 @@ LEARN = ["model.freeze_embeddings=false", "rollout.batch_size=32", "eval.num_pro
         pytest.param("a2c", ["iterations=20", "a2c.lr=1e-2"], 0.4, id="a2c"),
         pytest.param(
             "trpo",
-            ["iterations=15", "task_args.per_token=true", "trpo.max_kl=0.1", "trpo.cg_damping=1.0", "trpo.cg_iters=5",
-             "trpo.minibatch_size=32"],
+            [
+                "iterations=15",
+                "task_args.per_token=true",
+                "trpo.max_kl=0.1",
+                "trpo.cg_damping=1.0",
+                "trpo.cg_iters=5",
+                "trpo.minibatch_size=32",
+            ],
             0.3,
             id="trpo",
         ),
@@ -184,8 +214,16 @@ LEARN = ["model.freeze_embeddings=false", "rollout.batch_size=32", "eval.num_pro
 )
 def test_learns_toy_task(tmp_path: Path, algo: str, extra: list[str], margin: float) -> None:
     overrides = [
-        "task=toy", "model=tiny", "threads=1", f"run_dir={tmp_path}", "name=learn", "kl.controller=fixed",
-        "kl.coef=0", f"algo={algo}", *LEARN, *extra,
+        "task=toy",
+        "model=tiny",
+        "threads=1",
+        f"run_dir={tmp_path}",
+        "name=learn",
+        "kl.controller=fixed",
+        "kl.coef=0",
+        f"algo={algo}",
+        *LEARN,
+        *extra,
     ]
     result = train(None, overrides, console=quiet())
     before, after = result.before["reward"], result.after["reward"]
@@ -238,17 +276,29 @@ def test_a2c_one_optimizer_step_per_minibatch(tmp_path: Path) -> None:
 
 
 def test_trpo_resume_is_exact(tmp_path: Path) -> None:
-    small = ["algo=trpo", "rollout.batch_size=6", "trpo.minibatch_size=4", "trpo.max_kl=0.05",
-             "eval.num_prompts=4", "eval.batch_size=4", "checkpoint.every=2", "task_args.per_token=true",
-             "model.freeze_embeddings=false", "trpo.cg_iters=3"]
+    small = [
+        "algo=trpo",
+        "rollout.batch_size=6",
+        "trpo.minibatch_size=4",
+        "trpo.max_kl=0.05",
+        "eval.num_prompts=4",
+        "eval.batch_size=4",
+        "checkpoint.every=2",
+        "task_args.per_token=true",
+        "model.freeze_embeddings=false",
+        "trpo.cg_iters=3",
+    ]
     full = TRPOTrainer(config(tmp_path, "full", "iterations=4", *small), console=quiet()).train()
     TRPOTrainer(config(tmp_path, "half", "iterations=2", *small), console=quiet()).train()
     resumed = TRPOTrainer(config(tmp_path, "half", "iterations=4", *small), console=quiet(), resume=True).train()
     assert [r["iteration"] for r in resumed.history] == [3, 4]
 
     def records(run: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if not k.startswith(("time/", "tokens_per_s/"))}
-                for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"]
+        return [
+            {k: v for k, v in r.items() if not k.startswith(("time/", "tokens_per_s/"))}
+            for r in read_jsonl(run / "metrics.jsonl")
+            if r["kind"] == "train"
+        ]
 
     assert records(resumed.run_dir) == records(full.run_dir)
     assert any(r["trpo/accepted"] for r in records(full.run_dir))
@@ -261,8 +311,16 @@ def test_trpo_resume_is_exact(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value_head", ["shared", "separate"])
 def test_trpo_value_regression_leaves_the_policy_alone(tmp_path: Path, value_head: str) -> None:
-    cfg = config(tmp_path, "vf", "algo=trpo", "rollout.batch_size=6", f"model.value_head={value_head}",
-                 "trpo.minibatch_size=4", "trpo.value_head_lr=1e-2", "trpo.lr=1e-3")
+    cfg = config(
+        tmp_path,
+        "vf",
+        "algo=trpo",
+        "rollout.batch_size=6",
+        f"model.value_head={value_head}",
+        "trpo.minibatch_size=4",
+        "trpo.value_head_lr=1e-2",
+        "trpo.lr=1e-3",
+    )
     trainer = TRPOTrainer(cfg, console=quiet())
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert optimized.isdisjoint(id(p) for p in trainer.policy.model.parameters())

@@ -62,8 +62,11 @@ def fake_rollout(log_ratio: torch.Tensor) -> SimpleNamespace:
     """What advantages() reads from a rollout; log πθ − log π0 = ``log_ratio`` (masked)."""
     logprobs = torch.full(MASK.shape, -1.0) * MASK
     return SimpleNamespace(
-        samples=groups_of(3, 2), mask=MASK, task_rewards=TASK,
-        logprobs=logprobs, ref_logprobs=(logprobs - log_ratio) * MASK,
+        samples=groups_of(3, 2),
+        mask=MASK,
+        task_rewards=TASK,
+        logprobs=logprobs,
+        ref_logprobs=(logprobs - log_ratio) * MASK,
     )
 
 
@@ -171,8 +174,7 @@ def test_reinforce_returns_to_go_and_advantages_by_hand() -> None:
     trainer.baseline = None  # first iteration: b = mean G_0
     advantages, _ = ReinforceTrainer.advantages(trainer, rollout, rewards)
     assert trainer.baseline == pytest.approx(1.25)
-    torch.testing.assert_close(advantages, torch.tensor([[-0.25, -0.35, -0.55], [0.25, -0.25, 0.0]]), atol=1e-6,
-                               rtol=0)
+    torch.testing.assert_close(advantages, torch.tensor([[-0.25, -0.35, -0.55], [0.25, -0.25, 0.0]]), atol=1e-6, rtol=0)
 
 
 # --- (d), (f) no critic; rollout groups -----------------------------------------------------------
@@ -180,9 +182,16 @@ def test_reinforce_returns_to_go_and_advantages_by_hand() -> None:
 
 @pytest.mark.parametrize(("algo", "k"), [("reinforce", 1), ("rloo", 4), ("grpo", 4)])
 def test_no_value_head_and_prompt_groups(tmp_path: Path, algo: str, k: int) -> None:
-    config = load_config(overrides=overrides(
-        tmp_path, algo, f"algo={algo}", "rollout.batch_size=8", f"{algo}.minibatch_size=4", "eval.num_prompts=4",
-    ))
+    config = load_config(
+        overrides=overrides(
+            tmp_path,
+            algo,
+            f"algo={algo}",
+            "rollout.batch_size=8",
+            f"{algo}.minibatch_size=4",
+            "eval.num_prompts=4",
+        )
+    )
     trainer = get_trainer(algo)(config, console=quiet())
     assert not trainer.uses_critic
     assert trainer.policy.value_head is None and trainer.policy.critic is None
@@ -251,9 +260,17 @@ def test_learns_toy_task(tmp_path: Path, algo: str) -> None:
 
 # The adaptive β makes the returns non-zero from the first iteration, so the baseline moves every iteration.
 SMALL = [
-    "algo=reinforce", "rollout.batch_size=8", "reinforce.minibatch_size=4", "reinforce.lr=1e-3",
-    "kl.controller=adaptive", "kl.coef=0.05", "kl.target=0.5", "kl.horizon=40",
-    "eval.num_prompts=8", "eval.batch_size=4", "checkpoint.every=3",
+    "algo=reinforce",
+    "rollout.batch_size=8",
+    "reinforce.minibatch_size=4",
+    "reinforce.lr=1e-3",
+    "kl.controller=adaptive",
+    "kl.coef=0.05",
+    "kl.target=0.5",
+    "kl.horizon=40",
+    "eval.num_prompts=8",
+    "eval.batch_size=4",
+    "checkpoint.every=3",
 ]
 
 

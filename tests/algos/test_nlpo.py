@@ -64,8 +64,9 @@ def nucleus_bounds(
     return must, may
 
 
-def check_nucleus(recorded: torch.Tensor, logits: torch.Tensor, valid: torch.Tensor, top_p: float,
-                  always: torch.Tensor) -> float:
+def check_nucleus(
+    recorded: torch.Tensor, logits: torch.Tensor, valid: torch.Tensor, top_p: float, always: torch.Tensor
+) -> float:
     """Fraction of valid positions whose recorded set is NOT the nucleus of ``logits`` (0.0: all match).
     Tokens with logit −inf could not be sampled and belong to no set."""
     must, may = nucleus_bounds(logits, top_p, always)
@@ -132,8 +133,14 @@ def test_processor_masks_scores_and_records_behaviour_logprobs() -> None:
     torch.manual_seed(0)
     B, V, T = 3, 20, 1.5
     processor = MaskPolicyProcessor(
-        None, False, torch.zeros(B, 2, dtype=torch.long), torch.ones(B, 2, dtype=torch.long),
-        top_p=0.6, min_tokens_to_keep=1, always_allowed=torch.tensor([1]), temperature=T,
+        None,
+        False,
+        torch.zeros(B, 2, dtype=torch.long),
+        torch.ones(B, 2, dtype=torch.long),
+        top_p=0.6,
+        min_tokens_to_keep=1,
+        always_allowed=torch.tensor([1]),
+        temperature=T,
     )
     ids = torch.zeros(B, 2, dtype=torch.long)
     steps, tokens = [], []
@@ -163,11 +170,21 @@ def test_processor_masks_scores_and_records_behaviour_logprobs() -> None:
 
 
 def test_refresh_makes_the_new_mask_policy_shape_generation(tmp_path: Path) -> None:
-    config = load_config(overrides=overrides(
-        tmp_path, "refresh", "model.freeze_embeddings=false", "rollout.batch_size=16", "nlpo.lr=1e-2",
-        "nlpo.minibatch_size=16", "nlpo.epochs=2", "nlpo.mask_update_every=2", "nlpo.mask_top_p=0.8",
-        "kl.controller=fixed", "kl.coef=0",
-    ))
+    config = load_config(
+        overrides=overrides(
+            tmp_path,
+            "refresh",
+            "model.freeze_embeddings=false",
+            "rollout.batch_size=16",
+            "nlpo.lr=1e-2",
+            "nlpo.minibatch_size=16",
+            "nlpo.epochs=2",
+            "nlpo.mask_update_every=2",
+            "nlpo.mask_top_p=0.8",
+            "kl.controller=fixed",
+            "kl.coef=0",
+        )
+    )
     # A dense reward (characters written), so the learner moves from the first update on.
     trainer = NLPOTrainer(config, reward=lambda _p, gens, _r, _m: [len(g) / 40 for g in gens], console=quiet())
     rollouts: dict[int, Rollout] = {}
@@ -222,11 +239,20 @@ def test_refresh_makes_the_new_mask_policy_shape_generation(tmp_path: Path) -> N
     ],
 )
 def test_incremental_mask_model_matches_full_forward(tmp_path: Path, model: str, extra: list[str]) -> None:
-    config = load_config(overrides=[
-        *overrides(tmp_path, "incremental", "rollout.batch_size=16", "nlpo.mask_top_p=0.7",
-                   "nlpo.min_tokens_to_keep=3", "generation.temperature=1.3", *extra),
-        f"model.name={model}",
-    ])
+    config = load_config(
+        overrides=[
+            *overrides(
+                tmp_path,
+                "incremental",
+                "rollout.batch_size=16",
+                "nlpo.mask_top_p=0.7",
+                "nlpo.min_tokens_to_keep=3",
+                "generation.temperature=1.3",
+                *extra,
+            ),
+            f"model.name={model}",
+        ]
+    )
     trainer = NLPOTrainer(config, console=quiet())
     seq2seq = trainer.policy.is_seq2seq
     trainer.mask_model = tiny_model(seq2seq, seed=1)[0].eval().requires_grad_(False)  # ≠ the learner
@@ -268,8 +294,15 @@ def test_incremental_mask_model_matches_full_forward(tmp_path: Path, model: str,
 # 0.32 at 12 and 0.98 at 20); seed 6 locks in before "the" is found: the nucleus shrinks onto other tokens
 # and tokens outside it get no gradient. At lr=1e-2 seed 0 reaches 0.83 at 12 and collapses at 14.
 LEARN = [
-    "model.freeze_embeddings=false", "rollout.batch_size=32", "nlpo.lr=1e-2", "kl.controller=fixed", "kl.coef=0",
-    "nlpo.mask_update_every=2", "eval.num_prompts=32", "iterations=12", "seed=2",
+    "model.freeze_embeddings=false",
+    "rollout.batch_size=32",
+    "nlpo.lr=1e-2",
+    "kl.controller=fixed",
+    "kl.coef=0",
+    "nlpo.mask_update_every=2",
+    "eval.num_prompts=32",
+    "iterations=12",
+    "seed=2",
 ]
 
 
@@ -287,9 +320,20 @@ def test_nlpo_learns_toy_task(tmp_path: Path) -> None:
 # --- (5) exact resume across a refresh -------------------------------------------------------------
 
 RESUME = [
-    "model.freeze_embeddings=false", "rollout.batch_size=8", "nlpo.epochs=2", "nlpo.minibatch_size=4",
-    "nlpo.lr=1e-2", "nlpo.mask_update_every=2", "nlpo.mask_top_p=0.8", "kl.controller=adaptive", "kl.coef=0.05",
-    "kl.target=0.5", "kl.horizon=40", "eval.num_prompts=8", "eval.batch_size=4", "checkpoint.every=3",
+    "model.freeze_embeddings=false",
+    "rollout.batch_size=8",
+    "nlpo.epochs=2",
+    "nlpo.minibatch_size=4",
+    "nlpo.lr=1e-2",
+    "nlpo.mask_update_every=2",
+    "nlpo.mask_top_p=0.8",
+    "kl.controller=adaptive",
+    "kl.coef=0.05",
+    "kl.target=0.5",
+    "kl.horizon=40",
+    "eval.num_prompts=8",
+    "eval.batch_size=4",
+    "checkpoint.every=3",
 ]
 
 

@@ -42,13 +42,15 @@ def test_update_flops_matches_flop_counter() -> None:
     B, P, G = 3, 20, 5
     prompt_mask = torch.ones(B, P, dtype=torch.long)
     prompt_mask[0, :4] = 0
-    batch = TokenBatch(torch.randint(4, 400, (B, P)), prompt_mask, torch.randint(4, 400, (B, G)),
-                       torch.ones(B, G, dtype=torch.long))
+    batch = TokenBatch(
+        torch.randint(4, 400, (B, P)), prompt_mask, torch.randint(4, 400, (B, G)), torch.ones(B, G, dtype=torch.long)
+    )
     counter = FlopCounterMode(display=False)
     with counter:
         scores = policy.score(batch, with_entropy=False)
         (scores.logprobs.sum() + scores.values.sum()).backward()
     value_params = sum(p.numel() for p in policy.value_head.parameters())
-    estimate = update_flops(model_shape(loaded.model, False), B, P, G, head_positions=G + 1,
-                            value_head_params=value_params)
+    estimate = update_flops(
+        model_shape(loaded.model, False), B, P, G, head_positions=G + 1, value_head_params=value_params
+    )
     assert math.isclose(estimate, counter.get_total_flops(), rel_tol=0.02)

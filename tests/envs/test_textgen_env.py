@@ -126,8 +126,9 @@ def test_env_replays_batched_rollout(loaded: LoadedModel, make_task, max_prompt_
     start_len = 1 if loaded.is_seq2seq else prompt_ids.shape[1]  # decoder start token / left-padded prompts
     processor = LogitsProcessorList([ForceTokens(start_len, forced)])
     torch.manual_seed(1)
-    rollout = collect_rollout(policy, reference, task.reward, samples, generation, max_prompt_tokens,
-                              logits_processor=processor)
+    rollout = collect_rollout(
+        policy, reference, task.reward, samples, generation, max_prompt_tokens, logits_processor=processor
+    )
     assert rollout.batch.gen_ids.shape[1] <= HORIZON
 
     env = TextGenEnv(task, tok, split=split, max_prompt_tokens=max_prompt_tokens, max_new_tokens=HORIZON)

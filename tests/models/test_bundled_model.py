@@ -18,12 +18,15 @@ def test_bundled_alias_converts_once_and_scores_consistently():
     assert all(p.requires_grad for p in loaded.model.parameters())
     policy = Policy(loaded.model, loaded.tokenizer, is_seq2seq=False)
     reference = ReferenceModel(loaded.model, is_seq2seq=False)
-    enc = loaded.tokenizer(["The film opens in a quiet harbor town, and", "I watched it"], return_tensors="pt",
-                           padding=True)
+    enc = loaded.tokenizer(
+        ["The film opens in a quiet harbor town, and", "I watched it"], return_tensors="pt", padding=True
+    )
     torch.manual_seed(0)
-    gen_ids, gen_mask = policy.generate(enc["input_ids"], enc["attention_mask"],
-                                        make_generation_config(loaded.tokenizer, max_new_tokens=8, do_sample=True,
-                                                               top_k=0))
+    gen_ids, gen_mask = policy.generate(
+        enc["input_ids"],
+        enc["attention_mask"],
+        make_generation_config(loaded.tokenizer, max_new_tokens=8, do_sample=True, top_k=0),
+    )
     batch = TokenBatch(enc["input_ids"], enc["attention_mask"], gen_ids, gen_mask)
     with torch.inference_mode():
         scores = policy.score(batch)

@@ -33,8 +33,14 @@ def build(name: str) -> LoadedModel:
     tok = tiny_tokenizer()
     prepare_tokenizer(tok, is_seq2seq=False)
     config = GPT2Config(
-        vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=128,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+        vocab_size=len(tok),
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=128,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -70,9 +76,9 @@ def slow_logprobs(loaded: LoadedModel, prompt: str, gen: list[int], temperature:
         for t, token in enumerate(gen):
             if loaded.is_seq2seq:
                 decoder = [model.config.decoder_start_token_id, *gen[:t]]
-                logits = model(
-                    input_ids=torch.tensor([prompt_ids]), decoder_input_ids=torch.tensor([decoder])
-                ).logits[0, -1]
+                logits = model(input_ids=torch.tensor([prompt_ids]), decoder_input_ids=torch.tensor([decoder])).logits[
+                    0, -1
+                ]
             else:
                 logits = model(input_ids=torch.tensor([prompt_ids + gen[:t]])).logits[0, -1]
             out.append(float(torch.log_softmax(logits.double() / temperature, -1)[token]))

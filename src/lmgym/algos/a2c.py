@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 
 from lmgym.algos.advantages import masked_mean
-from lmgym.algos.ppo import PPOTrainer, approx_kl
-from lmgym.algos.rollout import Rollout
+from lmgym.algos.ppo import PolicyTerms, PPOTrainer, approx_kl
 
 
 def a2c_policy_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -29,8 +28,7 @@ def a2c_policy_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torc
 class A2CTrainer(PPOTrainer):
     """PPO's trainer (minibatches, scoring hooks, gradient clipping) with one epoch and the plain policy gradient."""
 
-    def policy_loss(
-        self, rollout: Rollout, idx: torch.Tensor, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
-        advantages: torch.Tensor, mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return a2c_policy_loss(logprobs, advantages, mask), {"approx_kl": approx_kl(logprobs, old_logprobs, mask)}
+    def policy_loss(self, m: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return a2c_policy_loss(m.logprobs, m.advantages, m.mask), {
+            "approx_kl": approx_kl(m.logprobs, m.old_logprobs, m.mask)
+        }

@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 
 from lmgym.algos.advantages import masked_mean
-from lmgym.algos.ppo import PPOTrainer, approx_kl
-from lmgym.algos.rollout import Rollout
+from lmgym.algos.ppo import PolicyTerms, PPOTrainer, approx_kl
 from lmgym.data.sample import Sample
 
 
@@ -59,9 +58,6 @@ class CriticFreeTrainer(PPOTrainer):
 
     uses_critic = False
 
-    def policy_loss(
-        self, rollout: Rollout, idx: torch.Tensor, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
-        advantages: torch.Tensor, mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = policy_gradient_loss(logprobs, advantages, mask)
-        return loss, {"approx_kl": approx_kl(logprobs, old_logprobs, mask)}
+    def policy_loss(self, m: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = policy_gradient_loss(m.logprobs, m.advantages, m.mask)
+        return loss, {"approx_kl": approx_kl(m.logprobs, m.old_logprobs, m.mask)}

@@ -29,7 +29,7 @@ import torch
 
 from lmgym.algos.advantages import masked_mean
 from lmgym.algos.critic_free import CriticFreeTrainer, by_group, check_groups, per_token, sequence_returns
-from lmgym.algos.ppo import ppo_policy_loss
+from lmgym.algos.ppo import PolicyTerms, ppo_policy_loss
 from lmgym.algos.rollout import Rollout
 from lmgym.rewards.kl import FixedKL
 
@@ -55,8 +55,9 @@ class GRPOTrainer(CriticFreeTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.config.kl.model_fields_set:
-            log.warning("grpo ignores the `kl` section: its KL weight is grpo.beta (%s), in the loss",
-                        self.algo_config.beta)
+            log.warning(
+                "grpo ignores the `kl` section: its KL weight is grpo.beta (%s), in the loss", self.algo_config.beta
+            )
         # The loss's β, so the logged kl_coef is the weight actually applied to the KL.
         self.kl_ctl = FixedKL(self.algo_config.beta)
 
@@ -72,11 +73,8 @@ class GRPOTrainer(CriticFreeTrainer):
         returns = sequence_returns(rewards, mask)  # [B]
         return per_token(grpo_advantages(returns, cfg.k, cfg.scale_rewards), mask), per_token(returns, mask)
 
-    def policy_loss(
-        self, rollout: Rollout, idx: torch.Tensor, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
-        advantages: torch.Tensor, mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def policy_loss(self, m: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """PPO's clipped objective plus β times the k3 KL estimate to the reference."""
-        loss, stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, self.algo_config.clip_range)
-        stats["grpo/kl"] = masked_mean(k3_kl(logprobs, rollout.ref_logprobs[idx]), mask)
+        loss, stats = ppo_policy_loss(m.logprobs, m.old_logprobs, m.advantages, m.mask, self.algo_config.clip_range)
+        stats["grpo/kl"] = masked_mean(k3_kl(m.logprobs, m.rollout.ref_logprobs[m.idx]), m.mask)
         return loss + self.algo_config.beta * stats["grpo/kl"], stats

@@ -139,8 +139,9 @@ class MaskPolicyProcessor(LogitsProcessor):
         sampleable = torch.isfinite(scores)  # [B, V]; earlier processors may have ruled tokens out
         mask_logits = scores if self.mask_model is None else self._mask_model_logits(input_ids)
         mask_logits = mask_logits.float().masked_fill(~sampleable, float("-inf"))
-        allowed = top_p_mask(mask_logits / self.temperature, self.top_p, self.min_tokens_to_keep,
-                             self.always_allowed.to(scores.device))
+        allowed = top_p_mask(
+            mask_logits / self.temperature, self.top_p, self.min_tokens_to_keep, self.always_allowed.to(scores.device)
+        )
         allowed &= sampleable
         self.action_masks.append(allowed)
         self._pending = masked_log_softmax(scores / self.temperature, allowed)
@@ -155,9 +156,11 @@ class MaskPolicyProcessor(LogitsProcessor):
                 self._cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
                 self._encoder_outputs = model.get_encoder()(input_ids=self.prompt_ids, attention_mask=self.prompt_mask)
             out = model(
-                encoder_outputs=self._encoder_outputs, attention_mask=self.prompt_mask,
+                encoder_outputs=self._encoder_outputs,
+                attention_mask=self.prompt_mask,
                 decoder_input_ids=input_ids[:, -1:],  # the decoder start token on the first call
-                past_key_values=self._cache, use_cache=True,
+                past_key_values=self._cache,
+                use_cache=True,
             )
             return out.logits[:, -1]
         if first:
@@ -174,8 +177,12 @@ class MaskPolicyProcessor(LogitsProcessor):
         position_ids = (self._attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -new_ids.shape[1] :]
         kwargs = {"logits_to_keep": 1} if getattr(model, "_supports_logits_to_keep", lambda: False)() else {}
         out = model(
-            input_ids=new_ids, attention_mask=self._attention_mask, position_ids=position_ids,
-            past_key_values=self._cache, use_cache=True, **kwargs,
+            input_ids=new_ids,
+            attention_mask=self._attention_mask,
+            position_ids=position_ids,
+            past_key_values=self._cache,
+            use_cache=True,
+            **kwargs,
         )
         return out.logits[:, -1]
 
@@ -232,12 +239,24 @@ class NLPOTrainer(PPOTrainer):
         # The same call collect_rollout makes; the processor needs the prompt mask for its own forward.
         prompt_ids, prompt_mask, _ = tokenize_prompts(self.tokenizer, [s.prompt for s in samples], max_prompt_tokens)
         processor = MaskPolicyProcessor(
-            None if self.mask_is_learner else self.mask_model, self.policy.is_seq2seq, prompt_ids, prompt_mask,
-            self.mask_top_p, self.algo_config.min_tokens_to_keep, self.always_allowed, self.temperature,
+            None if self.mask_is_learner else self.mask_model,
+            self.policy.is_seq2seq,
+            prompt_ids,
+            prompt_mask,
+            self.mask_top_p,
+            self.algo_config.min_tokens_to_keep,
+            self.always_allowed,
+            self.temperature,
         )
         rollout = collect_rollout(
-            self.policy, self.reference, self.reward, samples, self.generation, max_prompt_tokens,
-            temperature=self.temperature, logits_processor=LogitsProcessorList([processor]),
+            self.policy,
+            self.reference,
+            self.reward,
+            samples,
+            self.generation,
+            max_prompt_tokens,
+            temperature=self.temperature,
+            logits_processor=LogitsProcessorList([processor]),
             reuse_generation_scores=self.config.rollout.reuse_generation_scores,
         )
         masked_logprobs, action_mask = processor.finish(rollout.batch.gen_ids)  # [B, G], [B, G, V]

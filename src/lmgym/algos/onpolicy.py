@@ -158,8 +158,13 @@ class OnPolicyTrainer:
 
     def rollout(self, samples: list[Sample]) -> Rollout:
         return collect_rollout(
-            self.policy, self.reference, self.reward, samples, self.generation,
-            self.config.model.max_prompt_tokens, temperature=self.temperature,
+            self.policy,
+            self.reference,
+            self.reward,
+            samples,
+            self.generation,
+            self.config.model.max_prompt_tokens,
+            temperature=self.temperature,
             reuse_generation_scores=self.config.rollout.reuse_generation_scores,
         )
 
@@ -221,8 +226,14 @@ class OnPolicyTrainer:
         cfg = self.config.eval
         samples = self.task.split(cfg.split)[: cfg.num_prompts]
         metrics, records = evaluate(
-            self.policy, self.reference, self.reward, samples, self.generation,
-            self.config.model.max_prompt_tokens, cfg.batch_size, cfg.seed,
+            self.policy,
+            self.reference,
+            self.reward,
+            samples,
+            self.generation,
+            self.config.model.max_prompt_tokens,
+            cfg.batch_size,
+            cfg.seed,
         )
         self.run.log_metrics({"iteration": iteration, "kind": "eval", **{f"eval/{k}": v for k, v in metrics.items()}})
         self.run.log_samples([{"iteration": iteration, **r} for r in records])
@@ -253,8 +264,11 @@ class OnPolicyTrainer:
 
     def save(self, iteration: int) -> None:
         save_checkpoint(
-            self.run.checkpoints / f"step-{iteration}", self.policy, self.optimizer,
-            self.trainer_state(iteration), self.checkpoint_modules(),
+            self.run.checkpoints / f"step-{iteration}",
+            self.policy,
+            self.optimizer,
+            self.trainer_state(iteration),
+            self.checkpoint_modules(),
         )
         prune_checkpoints(self.run.checkpoints, self.config.checkpoint.keep)
 
@@ -266,12 +280,17 @@ class OnPolicyTrainer:
             self.before_samples = records[:3]
         history: list[dict[str, Any]] = []
         columns = (
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
         )
         with Progress(*columns, console=self.console, transient=False) as progress:
-            bar = progress.add_task(f"{cfg.algo} on {cfg.task}", total=cfg.iterations,
-                                    completed=self.start_iteration - 1, status="")
+            bar = progress.add_task(
+                f"{cfg.algo} on {cfg.task}", total=cfg.iterations, completed=self.start_iteration - 1, status=""
+            )
             started, last = time.perf_counter(), self.start_iteration - 1
             for iteration in range(self.start_iteration, cfg.iterations + 1):
                 record = self.step(iteration)
@@ -309,8 +328,10 @@ class OnPolicyTrainer:
         self.policy.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
         if self.policy.value_head is not None:
-            save_file({k: v.contiguous() for k, v in self.policy.value_head.state_dict().items()},
-                      str(tmp / "value_head.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in self.policy.value_head.state_dict().items()},
+                str(tmp / "value_head.safetensors"),
+            )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
 

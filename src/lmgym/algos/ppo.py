@@ -11,6 +11,7 @@ Per minibatch of generated tokens (masked means over tokens):
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
@@ -57,6 +58,19 @@ def value_loss(
     return 0.5 * masked_mean(loss, mask)
 
 
+@dataclass(frozen=True)
+class PolicyTerms:
+    """What a policy loss sees for one minibatch: the samples ``idx`` of ``rollout``, and [b, G] tensors
+    restricted to them (current and old log-probs of the taken tokens, advantages, the float token mask)."""
+
+    rollout: Rollout
+    idx: torch.Tensor
+    logprobs: torch.Tensor
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+
+
 class PPOTrainer(OnPolicyTrainer):
     def minibatches(self, n: int) -> list[torch.Tensor]:
         size = self.algo_config.minibatch_size
@@ -74,23 +88,23 @@ class PPOTrainer(OnPolicyTrainer):
         """log π_old(a_t|s_t) [B, G]: the distribution the rollout was sampled from."""
         return rollout.logprobs
 
-    def policy_loss(
-        self, rollout: Rollout, idx: torch.Tensor, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
-        advantages: torch.Tensor, mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The policy term for the samples ``idx`` (all tensors [b, G]); variants (A2C, GRPO, ...) override this."""
-        loss, stats = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, self.algo_config.clip_range)
-        return loss, stats
+    def policy_loss(self, m: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The policy term of one minibatch; variants (A2C, GRPO, ...) override this."""
+        return ppo_policy_loss(m.logprobs, m.old_logprobs, m.advantages, m.mask, self.algo_config.clip_range)
 
     def minibatch_loss(
-        self, rollout: Rollout, idx: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
+        self,
+        rollout: Rollout,
+        idx: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
         old_logprobs: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """policy loss + vf_coef · value loss (when there is a critic) − ent_coef · entropy, and the parts."""
         cfg = self.algo_config
         mask = rollout.mask[idx].float()
         logprobs, entropy, values = self.score_minibatch(rollout, idx, with_entropy=cfg.ent_coef != 0)
-        loss, stats = self.policy_loss(rollout, idx, logprobs, old_logprobs[idx], advantages[idx], mask)
+        loss, stats = self.policy_loss(PolicyTerms(rollout, idx, logprobs, old_logprobs[idx], advantages[idx], mask))
         stats["loss/policy"] = loss
         if values is not None:
             clip = getattr(cfg, "value_clip", None)

@@ -40,15 +40,11 @@ class Rollout:
         return self.mask.sum(-1)
 
 
-def tokenize_prompts(
-    tokenizer, prompts: list[str], max_prompt_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+def tokenize_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Pad and truncate prompts; returns ids, mask and how many were truncated."""
     full = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     n_truncated = sum(len(ids) > max_prompt_tokens for ids in full)
-    enc = tokenizer(
-        prompts, padding=True, truncation=True, max_length=max_prompt_tokens, return_tensors="pt"
-    )
+    enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_prompt_tokens, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"], n_truncated
 
 
@@ -66,9 +62,7 @@ def compute_task_rewards(
     for i, sample in enumerate(samples):
         ids = gen_ids[i, : lengths[i]].tolist()
         meta.append({**sample.meta, "gen_token_ids": ids, "gen_tokens": [tokenizer.decode([t]) for t in ids]})
-    raw = reward(
-        [s.prompt for s in samples], generations, [list(s.references) for s in samples], meta
-    )
+    raw = reward([s.prompt for s in samples], generations, [list(s.references) for s in samples], meta)
     scores = check_scores(reward, raw, lengths)
     out = torch.zeros(gen_ids.shape, dtype=torch.float32)
     for i, row in enumerate(scores):

@@ -5,24 +5,26 @@ One update, top to bottom (E and KL̄ are masked means over all generated tokens
 1. surrogate    L(θ) = E[ ratio·A ] (+ ent_coef·E[H]),  ratio = πθ(a|s) / π_old(a|s);  g = ∇θ L(θ_old)
 2. Fisher       F·v = ∇θ( ∇θ KL̄(π_old ‖ πθ) · v ) at θ = θ_old, by double backprop, where
                 KL̄ = E_tokens[ Σ_vocab π_old · (log π_old − log πθ) ] over the full vocabulary
-                (at θ_old the Hessian of this KL is exactly the Fisher information of the token distributions)
+                (at θ_old the Hessian of this KL is exactly the Fisher information of the token distributions),
+                estimated on an evenly spaced `fisher_fraction` of the rollout's samples: the Fisher is an
+                average, a quarter of the samples estimates it well, and the products are most of the cost
 3. direction    x ≈ (F + λI)⁻¹ g: `cg_iters` conjugate-gradient steps, λ = `cg_damping`
 4. step size    β = sqrt(2δ / xᵀ(F + λI)x), δ = `max_kl`: the quadratic model of KL̄ at θ_old + βx equals δ
 5. line search  θ = θ_old + cⁱ·β·x for i = 0 … `backtrack_iters`−1, c = `backtrack_coef`: accept the first
                 step that raises L and whose KL̄, measured with a forward pass, is ≤ δ; if none, keep θ_old
 6. critic       `value_epochs` epochs of minibatch Adam steps on ½E[(V − R)²] alone. With
-                model.value_head="shared" only the value head regresses: the trunk is the policy and moves
-                only in step 5. With "separate" the critic network trains too (at `lr`; the head at
-                `value_head_lr`). `vf_coef` is unused: the value loss has its own optimizer, and Adam does not
-                see the scale of a loss.
+                model.value_head="shared" only the value head regresses, on hidden states computed once
+                after step 5: the trunk is the policy and moves only in step 5. With "separate" the critic
+                network trains too (at `lr`; the head at `value_head_lr`). `vf_coef` is unused: the value
+                loss has its own optimizer, and Adam does not see the scale of a loss.
 
 Only the language model's trainable parameters (requires_grad; the value head and a separate critic are
 not part of the LM) take the natural-gradient step, as one flat vector.
 
 Memory: the KL over [batch, gen_len, vocab] with a double backward is the heavy part (for a 49k vocabulary
 ~200 KB per generated token for the logits alone, several times that with the graph). Steps 1, 2 and 5 therefore
-run over chunks of `minibatch_size` samples and accumulate token sums divided by the rollout's total token count,
-so every quantity is the mean over all tokens whatever the chunking. When the rollout fits in one chunk, the graph
+run over chunks of `minibatch_size` samples and accumulate token sums divided by the total token count, so every
+quantity is the mean over all tokens whatever the chunking. When the Fisher's samples fit in one chunk, the graph
 of ∇KL̄ is built once and reused by all cg_iters + 1 Fisher-vector products; with several chunks each product
 redoes one forward and one backward per chunk before its double backward (more compute, bounded memory). The old
 log-probabilities over the vocabulary (one [B, G, V] float tensor) are kept for the line search's KL.
@@ -48,9 +50,7 @@ def flat_grad(
     output: torch.Tensor, params: list[torch.Tensor], create_graph: bool = False, retain_graph: bool | None = None
 ) -> torch.Tensor:
     """∂output/∂params as one flat vector (zeros for parameters the output does not depend on)."""
-    grads = torch.autograd.grad(
-        output, params, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True
-    )
+    grads = torch.autograd.grad(output, params, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True)
     grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params, strict=True)]
     return torch.cat([g.reshape(-1) for g in grads])
 
@@ -72,7 +72,9 @@ def categorical_kl(old_logp: torch.Tensor, new_logp: torch.Tensor) -> torch.Tens
 
 
 def conjugate_gradient(
-    matrix_vector_product: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int,
+    matrix_vector_product: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    iters: int,
     residual_tol: float = 1e-10,
 ) -> torch.Tensor:
     """Approximately solve A x = b for symmetric positive definite A, given only v ↦ A v."""
@@ -91,6 +93,12 @@ def conjugate_gradient(
         p = r + (new_r_dot_r / r_dot_r) * p
         r_dot_r = new_r_dot_r
     return x
+
+
+def fisher_subsample(n: int, fraction: float) -> torch.Tensor:
+    """Indices of ``ceil(fraction·n)`` of n samples, evenly spaced (so all prompts of a batch are represented)."""
+    count = max(1, math.ceil(fraction * n))
+    return torch.linspace(0, n - 1, count).round().long().unique()
 
 
 class TRPOTrainer(OnPolicyTrainer):
@@ -120,7 +128,10 @@ class TRPOTrainer(OnPolicyTrainer):
         """Σ over the chunk's tokens of ratio·A (+ ent_coef·H), and its log-probabilities [b, G, V]."""
         cfg = self.algo_config
         scores = self.policy.score(
-            rollout.batch.index(idx), self.temperature, with_values=False, with_entropy=cfg.ent_coef != 0,
+            rollout.batch.index(idx),
+            self.temperature,
+            with_values=False,
+            with_entropy=cfg.ent_coef != 0,
             keep_logits=True,
         )
         ratio = torch.exp(scores.logprobs - rollout.logprobs[idx])  # [b, G]
@@ -165,9 +176,7 @@ class TRPOTrainer(OnPolicyTrainer):
         return fisher_vector_product
 
     @torch.no_grad()
-    def measure(
-        self, rollout: Rollout, advantages: torch.Tensor, old_logp: list[torch.Tensor]
-    ) -> tuple[float, float]:
+    def measure(self, rollout: Rollout, advantages: torch.Tensor, old_logp: list[torch.Tensor]) -> tuple[float, float]:
         """L(θ) and KL̄(π_old ‖ πθ) at the current parameters (one forward pass)."""
         n_tokens = rollout.mask.sum().clamp(min=1)
         surrogate, kl = 0.0, 0.0
@@ -199,13 +208,18 @@ class TRPOTrainer(OnPolicyTrainer):
             old_logp.append(logp.detach())
 
         # 2-4. Natural-gradient direction x ≈ F⁻¹g by conjugate gradient, scaled to the trust region.
-        fvp = self.make_fisher_vector_product(rollout.batch, rollout.mask)
+        fisher_idx = fisher_subsample(len(rollout.samples), cfg.fisher_fraction)
+        fvp = self.make_fisher_vector_product(rollout.batch.index(fisher_idx), rollout.mask[fisher_idx])
         x = conjugate_gradient(fvp, g, cfg.cg_iters)
         x_F_x = float(x @ fvp(x))
         stats = {
-            "loss/policy": -surrogate_old, "grad_norm": float(g.norm()),
-            "trpo/step_kl": 0.0, "trpo/backtracks": 0.0, "trpo/accepted": 0.0,
-            "trpo/surrogate_gain": 0.0, "trpo/expected_gain": 0.0,
+            "loss/policy": -surrogate_old,
+            "grad_norm": float(g.norm()),
+            "trpo/step_kl": 0.0,
+            "trpo/backtracks": 0.0,
+            "trpo/accepted": 0.0,
+            "trpo/surrogate_gain": 0.0,
+            "trpo/expected_gain": 0.0,
         }
         if not x_F_x > 0:  # g = 0 (e.g. all advantages zero): nothing to do
             return stats
@@ -218,10 +232,14 @@ class TRPOTrainer(OnPolicyTrainer):
             set_flat_params(params, theta_old + cfg.backtrack_coef**backtracks * full_step)
             surrogate, kl = self.measure(rollout, advantages, old_logp)
             if surrogate > surrogate_old and kl <= cfg.max_kl:
-                stats.update({
-                    "trpo/step_kl": kl, "trpo/backtracks": float(backtracks), "trpo/accepted": 1.0,
-                    "trpo/surrogate_gain": surrogate - surrogate_old,
-                })
+                stats.update(
+                    {
+                        "trpo/step_kl": kl,
+                        "trpo/backtracks": float(backtracks),
+                        "trpo/accepted": 1.0,
+                        "trpo/surrogate_gain": surrogate - surrogate_old,
+                    }
+                )
                 return stats
         set_flat_params(params, theta_old)  # no step was acceptable
         stats["trpo/backtracks"] = float(cfg.backtrack_iters)
@@ -229,22 +247,32 @@ class TRPOTrainer(OnPolicyTrainer):
 
     # --- 6. the critic --------------------------------------------------------------------------------------
 
-    def value_predictions(self, batch: TokenBatch) -> torch.Tensor:
-        """V(s_t) [b, G]; gradients reach only the value head and a separate critic, never the policy."""
+    def critic_features(self, rollout: Rollout) -> torch.Tensor | None:
+        """With a shared trunk, the hidden states under the generated tokens [B, G, H], computed once; the trunk
+        does not move during the regression. None with a separate critic, which must recompute them."""
         if self.policy.critic is not None:
-            _, hidden = forward_generated(self.policy.critic, self.policy.is_seq2seq, batch)
-        else:
-            with torch.no_grad():  # a shared trunk is the policy
-                _, hidden = forward_generated(self.policy.model, self.policy.is_seq2seq, batch)
-        return self.policy.value_head(hidden.float()).squeeze(-1)
+            return None
+        with torch.no_grad():
+            hidden = [
+                forward_generated(self.policy.model, self.policy.is_seq2seq, rollout.batch.index(idx))[1]
+                for idx in self.chunks(len(rollout.samples))
+            ]
+        return torch.cat(hidden).float()
+
+    def value_predictions(self, batch: TokenBatch, features: torch.Tensor | None) -> torch.Tensor:
+        """V(s_t) [b, G]; gradients reach only the value head and a separate critic, never the policy."""
+        if features is None:
+            _, features = forward_generated(self.policy.critic, self.policy.is_seq2seq, batch)
+        return self.policy.value_head(features.float()).squeeze(-1)
 
     def regress_values(self, rollout: Rollout, returns: torch.Tensor) -> float:
         cfg = self.algo_config
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        features = self.critic_features(rollout)
         total, steps = 0.0, 0
         for _ in range(cfg.value_epochs):
             for idx in torch.randperm(len(rollout.samples)).split(cfg.minibatch_size):
-                values = self.value_predictions(rollout.batch.index(idx))
+                values = self.value_predictions(rollout.batch.index(idx), None if features is None else features[idx])
                 loss = value_loss(values, rollout.values[idx], returns[idx], rollout.mask[idx].float(), clip=None)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

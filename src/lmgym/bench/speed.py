@@ -30,8 +30,18 @@ from lmgym.config import PPOConfig, load_config
 
 PHASES = ("generate", "score", "reward", "update")
 RESULT_KEYS = (
-    "model", "batch", "new_tokens", "threads", "seconds_generate", "seconds_score", "seconds_reward",
-    "seconds_update", "seconds_total", "generated_tokens_per_s", "matmul_peak_gflops", "update_gflops",
+    "model",
+    "batch",
+    "new_tokens",
+    "threads",
+    "seconds_generate",
+    "seconds_score",
+    "seconds_reward",
+    "seconds_update",
+    "seconds_total",
+    "generated_tokens_per_s",
+    "matmul_peak_gflops",
+    "update_gflops",
     "update_peak_fraction",
 )
 
@@ -145,15 +155,17 @@ class _TimedPPOTrainer(PPOTrainer):
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         self._rows, self._epochs = 0, 0
         stats = super().update(rollout, advantages, returns)
-        self.update_log.append({
-            "batch": int(rollout.batch.prompt_ids.shape[0]),
-            "prompt_len": int(rollout.batch.prompt_ids.shape[1]),
-            "gen_len": int(rollout.batch.gen_ids.shape[1]),
-            "generated_tokens": int(rollout.mask.sum()),
-            "rows": self._rows,
-            "epochs": self._epochs,
-            "optimizer_steps": int(stats["update_steps"]),
-        })
+        self.update_log.append(
+            {
+                "batch": int(rollout.batch.prompt_ids.shape[0]),
+                "prompt_len": int(rollout.batch.prompt_ids.shape[1]),
+                "gen_len": int(rollout.batch.gen_ids.shape[1]),
+                "generated_tokens": int(rollout.mask.sum()),
+                "rows": self._rows,
+                "epochs": self._epochs,
+                "optimizer_steps": int(stats["update_steps"]),
+            }
+        )
         return stats
 
 
@@ -242,9 +254,14 @@ def run_speed_benchmark(
             value_params = sum(p.numel() for p in value_head.parameters()) if value_head is not None else 0
             flops = [
                 update_flops(
-                    shape, u["rows"], u["prompt_len"], u["gen_len"], is_seq2seq=trainer.policy.is_seq2seq,
+                    shape,
+                    u["rows"],
+                    u["prompt_len"],
+                    u["gen_len"],
+                    is_seq2seq=trainer.policy.is_seq2seq,
                     head_positions=u["gen_len"] + 1 if keeps_logits else None,
-                    value_head_params=value_params, separate_critic=trainer.policy.critic is not None,
+                    value_head_params=value_params,
+                    separate_critic=trainer.policy.critic is not None,
                     head_trainable=trainer.policy.model.get_output_embeddings().weight.requires_grad,
                 )
                 for u in trainer.update_log

@@ -49,9 +49,7 @@ def head_inputs(model: PreTrainedModel) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def forward_generated(
-    model: PreTrainedModel, is_seq2seq: bool, batch: TokenBatch
-) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_generated(model: PreTrainedModel, is_seq2seq: bool, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass; returns logits and final hidden states at the generated positions.
 
     Position ``t`` holds the state before generated token ``t``: its logits score
@@ -75,8 +73,9 @@ def forward_generated(
         # derive position ids from the mask, so pass them.
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         kwargs = {"logits_to_keep": G + 1} if getattr(model, "_supports_logits_to_keep", lambda: False)() else {}
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                    **kwargs)
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs
+        )
     return out.logits[:, -(G + 1) : -1], hidden[-1][:, -(G + 1) : -1]
 
 

@@ -13,9 +13,7 @@ class TokenShare(Reward):
         self.name = f"token_share[{self.target}]"
 
     def score(self, prompts, generations, references, meta) -> list[float]:
-        return [
-            sum(t.strip() == self.target for t in m["gen_tokens"]) / max(len(m["gen_tokens"]), 1) for m in meta
-        ]
+        return [sum(t.strip() == self.target for t in m["gen_tokens"]) / max(len(m["gen_tokens"]), 1) for m in meta]
 
 
 class TokenMatch(Reward):

@@ -10,8 +10,22 @@ from lmgym.rewards.tokens import TokenMatch, TokenShare
 
 HORIZON = 12
 _WORDS = (
-    "the", "a", "movie", "film", "story", "actor", "scene", "music", "night",
-    "day", "people", "time", "life", "world", "man", "woman",
+    "the",
+    "a",
+    "movie",
+    "film",
+    "story",
+    "actor",
+    "scene",
+    "music",
+    "night",
+    "day",
+    "people",
+    "time",
+    "life",
+    "world",
+    "man",
+    "woman",
 )
 
 
