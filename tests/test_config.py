@@ -30,7 +30,7 @@ def test_set_overrides_are_typed_as_yaml() -> None:
             "name=my run",
             "task_args.per_token=true",
             "task_args.target=movie",
-            "generation.top_p=0.9",
+            "generation.min_new_tokens=2",
         ]
     )
     assert config.ppo.lr == 3e-3 and isinstance(config.ppo.lr, float)
@@ -40,7 +40,7 @@ def test_set_overrides_are_typed_as_yaml() -> None:
     assert config.ppo.value_clip is None
     assert config.name == "my run"
     assert config.task_args == {"per_token": True, "target": "movie"}
-    assert config.generation.top_p == 0.9
+    assert config.generation.min_new_tokens == 2
     assert parse_overrides(["a.b=1.5e-5", "c=yes", "d=", "e=[1, 2]", "f=x=y", " g = 3"]) == [
         ("a.b", 1.5e-5),
         ("c", True),
@@ -156,7 +156,7 @@ def test_min_new_tokens_above_max_is_an_error() -> None:
 
 
 def test_generation_hf_settings() -> None:
-    greedy = GenerationSettings(do_sample=False, temperature=0.5)
+    greedy = GenerationSettings(do_sample=False)
     assert greedy.hf_settings(12) == {"max_new_tokens": 12, "min_new_tokens": 0, "do_sample": False}
     sampled = GenerationSettings(max_new_tokens=5, top_k=3)
     assert sampled.hf_settings(12) == {

@@ -2,8 +2,9 @@
 
 ``checkpoints/step-N/`` holds ``policy.safetensors`` (LM, value head, critic),
 ``optimizer.safetensors`` + ``optimizer.json`` and ``trainer_state.json``. A
-checkpoint is written under a temporary name, fsynced and renamed, so the newest
-``step-N`` folder is always complete.
+checkpoint is written under a temporary name, fsynced and renamed, and old ones are
+renamed to a hidden name before they are deleted, so every ``step-N`` folder is
+complete at any moment a process may be killed.
 """
 
 from __future__ import annotations
@@ -85,10 +86,43 @@ def save_checkpoint(
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1), encoding="utf-8")
     _fsync_tree(tmp)
     if directory.exists():
-        shutil.rmtree(directory)
+        _discard(directory)
     os.replace(tmp, directory)
     _fsync_dir(directory.parent)
     return directory
+
+
+def _discard(path: Path) -> None:
+    """Delete a folder so that a crash half-way never leaves something that looks like a checkpoint:
+    it is first renamed (atomic) to a hidden name that `list_checkpoints` ignores."""
+    trash = path.with_name(f".trash-{path.name}")
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean_partial(root: Path) -> None:
+    """Remove what a killed process left half-written: temporary and half-deleted checkpoint folders."""
+    root = Path(root)
+    if root.exists():
+        for path in root.iterdir():
+            if path.name.startswith((".tmp-", ".trash-")):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def reject_after(root: Path, step: int) -> list[Path]:
+    """Set aside checkpoints newer than ``step`` (renamed ``rejected-step-N``, kept for inspection),
+    so that the newest complete checkpoint, the one ``--resume`` loads, is ``step``'s."""
+    moved = []
+    for n, path in list_checkpoints(root):
+        if n > step:
+            target = path.with_name(f"rejected-{path.name}")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(path, target)
+            moved.append(target)
+    return moved
 
 
 def load_checkpoint(
@@ -123,5 +157,6 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints."""
     for _, path in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        _discard(path)

@@ -17,13 +17,17 @@ console = Console()
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}")
+    # str(KeyError) is the repr of its message; show the message itself.
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    console.print("[bold red]error:[/] ", end="")
+    console.print(str(message), highlight=False, markup=False)  # a message may contain [brackets]
     raise typer.Exit(2)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from lmgym.algos.onpolicy import TrainingError
     from lmgym.config import ConfigError
+    from lmgym.guards import TrainingError
+    from lmgym.metrics.base import MissingRequirement
     from lmgym.models.loading import ModelLoadError
     from lmgym.rewards.base import RewardError
 
@@ -32,6 +36,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         ModelLoadError,
         RewardError,
         TrainingError,
+        MissingRequirement,
         FileExistsError,
         FileNotFoundError,
         KeyError,
@@ -100,16 +105,52 @@ def tasks() -> None:
 
 
 @app.command()
+def metrics() -> None:
+    """List every metric (each is also a reward), what it needs and whether it can run here."""
+    from lmgym.metrics.base import availability, metric_infos, requirement
+
+    table = Table(title="metrics (any per-sample one is also a reward: reward.name in the config)")
+    table.add_column("name")
+    table.add_column("measures")
+    table.add_column("needs")
+    table.add_column("here")
+    for name, info in metric_infos().items():
+        ok, why = availability(info)
+        kind = "" if info.per_sample else " [dim](corpus only)[/]"
+        table.add_row(name, info.description + kind, requirement(info) or "-", "[green]yes[/]" if ok else f"[red]no[/]: {why}")
+    console.print(table)
+
+
+@app.command()
 def bench(
-    which: Annotated[str, typer.Argument(help="'speed': seconds per phase on the default model")] = "speed",
-    model: Annotated[str, typer.Option(help="model name")] = "smollm2-135m-instruct",
-    batch: Annotated[int, typer.Option(help="prompts per batch")] = 16,
-    new_tokens: Annotated[int, typer.Option(help="new tokens per prompt")] = 24,
-    repeats: Annotated[int, typer.Option(help="timed iterations after one warm-up")] = 2,
+    which: Annotated[
+        str, typer.Argument(help="'speed': seconds per phase on the default model; 'grue': the GRUE matrix")
+    ] = "speed",
+    model: Annotated[str, typer.Option(help="speed: model name")] = "smollm2-135m-instruct",
+    batch: Annotated[int, typer.Option(help="speed: prompts per batch")] = 16,
+    new_tokens: Annotated[int, typer.Option(help="speed: new tokens per prompt")] = 24,
+    repeats: Annotated[int, typer.Option(help="speed: timed iterations after one warm-up")] = 2,
+    tasks: Annotated[Optional[str], typer.Option(help="grue: comma-separated tasks (default: all seven)")] = None,  # noqa: UP045
+    algos: Annotated[Optional[str], typer.Option(help="grue: comma-separated algorithms (default: all six)")] = None,  # noqa: UP045
+    budget: Annotated[Optional[float], typer.Option(help="grue: wall-clock seconds per trained cell")] = None,  # noqa: UP045
+    quick: Annotated[bool, typer.Option(help="grue: tiny model, offline data, a few iterations")] = False,
+    profile: Annotated[str, typer.Option(help="grue: 'offline' (bundled model) or 'hub' (GRUE's models)")] = "offline",
+    out: Annotated[Path, typer.Option(help="grue: output folder (rerun to continue it)")] = Path("runs/grue"),
+    set_: Annotated[list[str], typer.Option("--set", help="grue: override a key of every cell's config")] = [],  # noqa: B006
 ) -> None:
     """Run a benchmark."""
+    if which == "grue":
+        logging.basicConfig(level=logging.WARNING)
+        _quiet_loading()
+        from lmgym.bench.grue import run_grue
+
+        try:
+            run_grue(out, tasks, algos, profile, budget, quick, set_, console=console)
+        except _user_errors() as err:
+            _fail(err)
+        return
     if which != "speed":
-        _fail(ValueError(f"unknown benchmark {which!r}; available: speed"))
+        _fail(ValueError(f"unknown benchmark {which!r}; available: speed, grue"))
     from lmgym.bench.speed import run_speed_benchmark
 
     run_speed_benchmark(model=model, batch=batch, new_tokens=new_tokens, repeats=repeats, console=console)

@@ -38,7 +38,12 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(
         False, description="run code shipped with a hub model (off: only code you installed runs)"
     )
-    max_prompt_tokens: int = Field(128, gt=0, description="longer prompts lose their beginning (counted in the log)")
+    max_prompt_tokens: int = Field(128, gt=0, description="prompt budget in tokens (see long_prompts)")
+    long_prompts: Literal["truncate", "error"] = Field(
+        "truncate",
+        description="a prompt over max_prompt_tokens: 'truncate' keeps its end (the count is logged each "
+        "iteration); 'error' stops before training and names the first such sample",
+    )
     freeze_embeddings: bool = Field(
         True,
         description="keep input embeddings and LM head fixed: with Adam every vocabulary row would otherwise move "
@@ -56,11 +61,31 @@ class GenerationSettings(Section):
     temperature: float = Field(1.0, gt=0, description="also divides the logits when scoring, so PPO stays on-policy")
     top_k: int = Field(0, ge=0, description="0 samples from the full distribution, which on-policy training assumes")
     top_p: float = Field(1.0, gt=0, le=1)
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="'hf': transformers' generate (any device); 'vllm': a vLLM engine on the GPU, weights synced "
+        "after each update (needs the vllm package and a GPU; an error says which is missing)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> GenerationSettings:
         if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
             raise ValueError(f"min_new_tokens ({self.min_new_tokens}) > max_new_tokens ({self.max_new_tokens})")
+        if not self.do_sample:
+            ignored = [
+                f"{name}={value}"
+                for name, value, default in (
+                    ("temperature", self.temperature, 1.0),
+                    ("top_k", self.top_k, 0),
+                    ("top_p", self.top_p, 1.0),
+                )
+                if value != default
+            ]
+            if ignored:
+                raise ValueError(
+                    f"do_sample=false (greedy decoding) contradicts {', '.join(ignored)}, which only apply when "
+                    "sampling: set do_sample=true or remove them"
+                )
         return self
 
     def hf_settings(self, default_max_new_tokens: int) -> dict[str, Any]:
@@ -117,6 +142,18 @@ class PPOConfig(CriticConfig):
     clip_range: float = Field(0.2, gt=0, description="ε in the clipped ratio")
     value_clip: float | None = Field(0.2, gt=0, description="clip value predictions to old ± this; None disables")
     target_kl: float | None = Field(None, gt=0, description="stop an update early when approx. KL > 1.5 × this")
+    ptx_coef: float = Field(
+        0.0,
+        ge=0,
+        description="PPO-ptx γ: γ·(mean token log-likelihood of a supervised batch) joins the objective of every "
+        "minibatch, keeping the policy close to the data it imitated (InstructGPT); 0: off",
+    )
+    ptx_data: str = Field(
+        "references",
+        description="ptx batches: 'references' (the task's train references) or a JSONL of {prompt, "
+        "completion} rows (an empty prompt makes it plain language modelling of the completion)",
+    )
+    ptx_batch_size: int = Field(8, gt=0, description="supervised examples per ptx term")
 
 
 class NLPOConfig(PPOConfig):
@@ -159,6 +196,232 @@ class GRPOConfig(OptimConfig):
     scale_rewards: bool = Field(True, description="divide group-centred rewards by the group's std")
 
 
+class OfflineConfig(Section):
+    """Fields of the trainers that learn from a fixed dataset (sft, dpo, ilql): `iterations` counts gradient steps."""
+
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm; None disables")
+    batch_size: int = Field(16, gt=0, description="examples (pairs for DPO) per gradient step")
+    max_completion_tokens: int = Field(64, gt=0, description="completions are cut to this many tokens (EOS included)")
+
+
+class LoggedDataConfig(OfflineConfig):
+    data: str = Field(
+        "logged",
+        description="'logged': sample logged_per_prompt completions of each train prompt from the initial policy and "
+        "score them with the reward (saved as the run's data.jsonl, reused by --resume); or a JSONL file",
+    )
+    logged_per_prompt: int = Field(4, gt=0, description="'logged': completions sampled per prompt")
+    logged_prompts: int | None = Field(None, gt=0, description="'logged': only the first N train prompts (None: all)")
+
+
+class SFTConfig(OfflineConfig):
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate")
+    data: str = Field(
+        "references",
+        description="'references': one example per reference of each train prompt; or a JSONL of {prompt, completion}",
+    )
+
+
+class DPOConfig(LoggedDataConfig):
+    beta: float = Field(0.1, gt=0, description="β: strength of the implicit KL constraint to the reference")
+    loss: Literal["sigmoid", "ipo", "conservative"] = Field(
+        "sigmoid",
+        description="'sigmoid': DPO, −log σ(h); 'conservative': cDPO, labels flipped with probability "
+        "label_smoothing; 'ipo': IPO, (h/β − 1/(2β))²",
+    )
+    label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="ε of loss=conservative (unused otherwise)")
+    pairs: Literal["best_worst", "all"] = Field(
+        "best_worst", description="from a ranking (or logged completions): only best vs worst, or all K-choose-2 pairs"
+    )
+
+
+class ILQLConfig(LoggedDataConfig):
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (the LM and the heads)")
+    gamma: float = Field(0.99, ge=0, le=1, description="γ in the Q target r + γ·V(next)")
+    tau: float = Field(0.7, gt=0, lt=1, description="expectile of V's regression toward min(target Q)")
+    cql_coef: float = Field(0.1, ge=0, description="weight of the CQL term (pushes down Q of unseen tokens)")
+    awac_coef: float = Field(1.0, ge=0, description="weight of the LM (behaviour) loss")
+    awac_beta: float = Field(
+        0.0, ge=0, description="LM loss weight per token exp(awac_beta·(min Q̂ − V)), capped; 0: plain behaviour cloning"
+    )
+    awac_max_weight: float = Field(20.0, gt=0, description="cap of the AWAC weight")
+    target_update_rate: float = Field(0.05, gt=0, le=1, description="α: target ← (1−α)·target + α·Q (Polyak)")
+    target_update_every: int = Field(1, gt=0, description="apply the Polyak update every n gradient steps")
+    beta: float = Field(4.0, ge=0, description="decoding: β·(Q − V) is added to the policy's logits")
+
+
+class RewardModelConfig(Section):
+    """`lmgym rm train`: a scalar head on a text model, fit to comparisons with the Bradley–Terry loss."""
+
+    model: str = Field(
+        "all-minilm-l6-v2",
+        description="trunk: 'all-minilm-l6-v2' (the bundled sentence encoder), 'tiny-encoder' / 'tiny' (tests), or a "
+        "local folder / hub id of an encoder, causal LM or encoder-decoder",
+    )
+    init: str | None = Field(None, description="a trained reward model folder to start from (instead of model)")
+    pooling: Literal["auto", "mean", "cls", "last"] = Field(
+        "auto", description="how the trunk's token states become one vector; auto: last token of a causal LM, else mean"
+    )
+    max_length: int = Field(256, gt=0, description="prompt + response tokens (longer ones are cut)")
+    data: str = Field(
+        "hidden-rule",
+        description="a JSONL of comparisons (pairs, rankings or best-of-K), or 'hidden-rule': responses ranked by "
+        "`rule` standing in for a human rater",
+    )
+    rule: Literal["task", "lexicon"] = Field(
+        "task", description="hidden-rule: the task's own reward, or a word lexicon (+1 positive, −1 negative words)"
+    )
+    responses: Literal["words", "policy"] = Field(
+        "words", description="hidden-rule: random word strings, or samples of the policy model.name (slower)"
+    )
+    k: int = Field(4, ge=2, description="hidden-rule: responses per comparison")
+    comparisons_per_prompt: int = Field(1, gt=0, description="hidden-rule: comparisons per train prompt")
+    noise: float = Field(0.0, ge=0, description="hidden-rule: Bradley–Terry rater noise (0: the rule's exact order)")
+    loss: Literal["ranking", "pairwise", "best_of_k"] = Field(
+        "ranking",
+        description="'ranking': a prompt's K-choose-2 pairs form one batch element (InstructGPT); 'pairwise': every "
+        "pair its own element; 'best_of_k': softmax over the K rewards, the best one the target",
+    )
+    margin: float = Field(0.0, description="m in −log σ(r_chosen − r_rejected − m), added to any per-pair margin")
+    lr: float = Field(3e-5, gt=0, description="AdamW learning rate of the trunk")
+    head_lr: float = Field(1e-3, gt=0, description="learning rate of the fresh scalar head")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    batch_size: int = Field(16, gt=0, description="comparisons per gradient step")
+    epochs: int = Field(2, gt=0)
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="share of comparisons held out for pairwise accuracy")
+    normalize: bool = Field(True, description="shift and scale rewards to mean 0, std 1 over the training responses")
+    retrain_every: int = Field(
+        0,
+        ge=0,
+        description="during on-policy training against a reward model: every N iterations, rank fresh samples of the "
+        "policy with `rule` and fine-tune the reward model on them; 0: never",
+    )
+    retrain_prompts: int = Field(16, gt=0, description="retraining: train prompts sampled, k completions each")
+    retrain_steps: int = Field(10, gt=0, description="retraining: gradient steps over all comparisons gathered so far")
+
+
+class AccelerateConfig(Section):
+    """Devices, precision and memory; the number of processes comes from the launcher (torchrun/accelerate launch)."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto': this process's GPU when torch sees one, else the CPU"
+    )
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto",
+        description="autocast forward passes to bf16/fp16 (weights and optimizer stay in model.dtype); 'auto': "
+        "the launcher's setting (accelerate launch --mixed_precision), else 'no'. fp16 adds a loss scaler and needs "
+        "a GPU",
+    )
+    grad_accumulation_steps: int = Field(
+        1,
+        gt=0,
+        description="split each minibatch into this many micro-batches, summing their gradients before one "
+        "optimizer step (less activation memory, same step count)",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each block's activations in the backward pass (less memory, ~30% slower)"
+    )
+
+
+class PeftSettings(Section):
+    """LoRA adapters through peft: only the adapters (and the value head) train; the reference policy is the
+    same base weights with the adapters switched off, so there is no second copy of the model."""
+
+    r: int = Field(8, gt=0, description="rank of each adapter's update B·A")
+    alpha: float = Field(16.0, gt=0, description="the update is scaled by alpha / r")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="names (or name suffixes) of the linear layers that get adapters, e.g. [q_proj, v_proj]; "
+        "'all-linear': every linear layer but the LM head",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases train with the adapters")
+    merge_on_save: bool = Field(
+        True,
+        description="final/ holds the merged model (a plain checkpoint every tool loads) and final/adapter/ the "
+        "adapter; false: only the adapter, in final/adapter/",
+    )
+
+
+class GuardConfig(Section):
+    """When to stop a run that has gone numerically wrong (a NaN/inf reward or loss always stops it)."""
+
+    max_kl: float | None = Field(
+        10.0,
+        gt=0,
+        description="stop when the rollout's mean KL to the reference per generated token exceeds this (nats); "
+        "10 means the policy writes tokens the reference gives ~e^-10 probability: it has collapsed. None: no bound",
+    )
+    rollback: bool = Field(
+        True,
+        description="keep an in-memory copy of the trainable state of the last two iterations, so that a failure "
+        "saves the last good state as a checkpoint (costs twice the trainable weights + optimizer state in RAM); "
+        "off: a failure saves nothing and the newest periodic checkpoint is the one to resume from",
+    )
+
+
+class RewardPart(Section):
+    """One weighted term of a composed reward (``reward.parts``)."""
+
+    name: str = Field(description="a registered metric or reward name (`lmgym metrics`), or 'module:function'")
+    weight: float = Field(1.0, description="sum: the term's weight; product: its exponent")
+    key: str | None = Field(None, description="which value of a metric that reports several (e.g. 'rouge-L')")
+    args: dict[str, Any] = Field(default_factory=dict, description="options of the metric or reward")
+
+
+class RewardConfig(Section):
+    """The reward of on-policy training. Empty (no name, no parts): the task's default reward, to which
+    scale/offset, clip, normalize and per_token still apply. A ``reward=`` object given in Python wins over
+    this section. ``reward: bleu`` is short for ``reward: {name: bleu}``."""
+
+    name: str | None = Field(
+        None,
+        description="a registered metric or reward (`lmgym metrics` lists them: bleu, meteor, r3, classifier, "
+        "reward_model, ...), 'package.module:function' (only that module is imported; with args the function is "
+        "a factory called with them), or the folder of a reward model trained by `lmgym rm train`",
+    )
+    key: str | None = Field(None, description="which value of a metric that reports several (e.g. 'rouge-L')")
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options of the metric or reward (e.g. classifier: {classifier: PATH, label: POSITIVE})",
+    )
+    parts: list[RewardPart] = Field(
+        default_factory=list, description="instead of name: several rewards combined by `combine`"
+    )
+    combine: Literal["sum", "product"] = Field(
+        "sum", description="parts: Σ weight·reward (per-token when a part is), or Π reward^weight (sequence-level)"
+    )
+    scale: float = Field(1.0, description="reward ← offset + scale·reward (scale=-1, offset=1 turns TER into 1 − TER)")
+    offset: float = Field(0.0, description="see scale")
+    clip: tuple[float | None, float | None] | None = Field(
+        None, description="[low, high] bounds applied after scale/offset; null on one side leaves it open"
+    )
+    normalize: bool = Field(
+        False, description="divide by the running std (and subtract the running mean) of all scores seen so far"
+    )
+    per_token: Literal["none", "last", "uniform"] = Field(
+        "none",
+        description="shape a sequence reward into per-token rewards: 'last' token only, or 'uniform' (1/n each)",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardConfig:
+        if self.name is not None and self.parts:
+            raise ValueError("give either reward.name or reward.parts, not both")
+        if not self.name and (self.key is not None or self.args):
+            raise ValueError("reward.key and reward.args need reward.name")
+        if self.clip is not None and None not in self.clip and self.clip[0] > self.clip[1]:
+            raise ValueError(f"reward.clip: low {self.clip[0]} > high {self.clip[1]}")
+        return self
+
+    @property
+    def is_default(self) -> bool:
+        """True when the section changes nothing about the task's reward."""
+        return self == RewardConfig()
+
+
 class EvalConfig(Section):
     split: Literal["train", "val", "test"] = "test"
     num_prompts: int = Field(64, gt=0, description="held-out prompts scored before and after training")
@@ -176,7 +439,7 @@ class TrainConfig(Section):
     task: str = Field("sentiment", description="a registered task (`lmgym tasks` lists them)")
     task_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the task factory")
     model: ModelConfig = Field(default_factory=ModelConfig)
-    algo: Literal["ppo", "nlpo", "a2c", "trpo", "reinforce", "rloo", "grpo"] = Field(
+    algo: Literal["ppo", "nlpo", "a2c", "trpo", "reinforce", "rloo", "grpo", "sft", "dpo", "ilql"] = Field(
         "ppo", description="the algorithm; its settings are the section of the same name"
     )
     iterations: int = Field(50, gt=0)
@@ -197,12 +460,29 @@ class TrainConfig(Section):
     reinforce: ReinforceConfig = Field(default_factory=ReinforceConfig)
     rloo: RLOOConfig = Field(default_factory=RLOOConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    ilql: ILQLConfig = Field(default_factory=ILQLConfig)
+    rm: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    reward: RewardConfig = Field(
+        default_factory=RewardConfig, description="the reward (see RewardConfig); empty: the task's default"
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    guards: GuardConfig = Field(default_factory=GuardConfig)
+    accelerate: AccelerateConfig = Field(default_factory=AccelerateConfig)
+    peft: PeftSettings | None = Field(
+        None, description="LoRA adapters (see PeftSettings); None trains the model's own weights"
+    )
 
     @field_validator("model", mode="before")
     @classmethod
     def _model_from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _reward_from_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
 
 
@@ -216,13 +496,31 @@ def _all_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
     return paths
 
 
+# Names other libraries use for our fields (TRL, trlX, RL4LMs), mapped to ours for the "did you mean" hint.
+_ALIASES = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "ppo_epochs": "epochs",
+    "cliprange": "clip_range",
+    "init_kl_coef": "coef",
+    "kl_coef": "coef",
+    "mini_batch_size": "minibatch_size",
+}
+
+
+def _qualified(alias: str, loc: str) -> str:
+    return loc.rsplit(".", 1)[0] + "." + alias if "." in loc else alias
+
+
 def _describe(err: ValidationError) -> str:
     lines = []
     known = _all_paths(TrainConfig)
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(loc, known, n=1, cutoff=0.6)
+            leaf = loc.rsplit(".", 1)[-1]
+            guess = _qualified(_ALIASES[leaf], loc) if leaf in _ALIASES else loc
+            close = difflib.get_close_matches(guess, known, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             lines.append(f"unknown config key {loc!r}{hint}")
         else:

@@ -48,15 +48,19 @@ class RunDir:
         return [json.loads(line) for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line]
 
     def truncate_after(self, iteration: int) -> None:
-        """Drop records logged after ``iteration`` (work a crash lost), so a resume appends cleanly."""
+        """Drop what a resume from ``iteration`` will redo: records of later iterations, the final
+        evaluation (it comes after the last checkpoint) and a line a kill cut short."""
         for path in (self.metrics_path, self.samples_path):
             if not path.exists():
                 continue
-            keep = [
-                line
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line and json.loads(line).get("iteration", 0) <= iteration
-            ]
+            keep = []
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # only the last line can be partial: the process died while appending it
+                if record.get("iteration", 0) <= iteration and not record.get("final"):
+                    keep.append(line)
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
             os.replace(tmp, path)

@@ -15,6 +15,9 @@ TRAINERS: dict[str, str] = {
     "reinforce": "lmgym.algos.reinforce:ReinforceTrainer",
     "rloo": "lmgym.algos.rloo:RLOOTrainer",
     "grpo": "lmgym.algos.grpo:GRPOTrainer",
+    "sft": "lmgym.algos.sft:SFTTrainer",
+    "dpo": "lmgym.algos.dpo:DPOTrainer",
+    "ilql": "lmgym.algos.ilql:ILQLTrainer",
 }
 
 

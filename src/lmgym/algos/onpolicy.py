@@ -15,9 +15,10 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from rich.console import Console
@@ -25,24 +26,32 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from safetensors.torch import save_file
 
-from lmgym.algos.advantages import gae, masked_mean, whiten
-from lmgym.algos.rollout import Rollout, collect_rollout
-from lmgym.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
-from lmgym.config import TrainConfig
+from lmgym.algos.advantages import gae, global_masked_moments, masked_mean, whiten
+from lmgym.algos.rollout import Rollout, check_generation_backend, collect_rollout
+from lmgym.checkpoint import (
+    clean_partial,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    reject_after,
+    save_checkpoint,
+)
+from lmgym.config import ConfigError, TrainConfig
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task, load_task
+from lmgym.distributed import Distributed, DistributedError
 from lmgym.evaluation import evaluate
-from lmgym.models.loading import LoadedModel, load_model
-from lmgym.models.policy import Policy, ReferenceModel, freeze, make_generation_config
-from lmgym.rewards.base import Reward, as_reward
+from lmgym.guards import Snapshot, TrainingError, describe_sample, restore_snapshot, take_snapshot
+from lmgym.models.loading import LoadedModel, load_model, load_tokenizer
+from lmgym.models.lora import add_lora, save_adapter
+from lmgym.models.policy import Policy, ReferenceModel, freeze, gradient_checkpointing, make_generation_config
+from lmgym.preflight import check_context, check_prompt_lengths
+from lmgym.rewards.base import Reward, RewardError, as_reward
+from lmgym.rewards.factory import build_reward
 from lmgym.rewards.kl import make_kl_controller
 from lmgym.tracking import RunDir
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, ...); the message names where."""
 
 
 @dataclass
@@ -68,6 +77,8 @@ def prompt_indices(n_samples: int, batch_size: int, iteration: int, seed: int) -
 
 class OnPolicyTrainer:
     uses_critic = True
+    # Whether the update runs with several processes (gradients averaged after each backward pass).
+    supports_data_parallel = True
 
     @property
     def samples_per_prompt(self) -> int:
@@ -85,12 +96,15 @@ class OnPolicyTrainer:
         overwrite: bool = False,
     ) -> None:
         self.config = config
-        self.console = console or Console()
+        self.dist = Distributed.setup(config.accelerate.mixed_precision, config.accelerate.device)
+        # Only the main process prints, logs and writes files.
+        self.console = (console or Console()) if self.dist.is_main else Console(quiet=True)
         if config.rollout.batch_size % self.samples_per_prompt:
             raise ValueError(
                 f"rollout.batch_size ({config.rollout.batch_size}) must be a multiple of "
                 f"{config.algo}.k ({self.samples_per_prompt}): it counts completions, k per prompt"
             )
+        self.check_data_parallel()
         name = config.name or f"{config.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.run = RunDir(Path(config.run_dir) / name)
         if not resume and not overwrite and self.run.root.exists() and any(self.run.root.iterdir()):
@@ -99,24 +113,50 @@ class OnPolicyTrainer:
                 f"run folder {self.run.root} exists; pass --resume to continue it, --overwrite to replace it, "
                 "or choose another name (--set name=...)"
             )
+        if resume and not (self.run.root / "config.yaml").exists():
+            raise FileNotFoundError(f"--resume: there is no run at {self.run.root} (no config.yaml)")
+        self.dist.barrier()  # every rank has looked at the run folder before the main one writes it
         torch.manual_seed(config.seed)
-        torch.set_num_threads(config.threads or os.cpu_count() or 1)
+        # Processes on one machine share its cores.
+        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.dist.enabled else 1
+        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // local_procs))
         self.task = task or load_task(config.task, **config.task_args)
-        self.reward = as_reward(reward) if reward is not None else self.task.reward
+        self.reward = as_reward(reward) if reward is not None else build_reward(config.reward, self.task.reward)
+        if self.reward is None:
+            raise ConfigError(f"task {config.task!r} has no default reward: give one in the config's reward section")
         self.train_samples: list[Sample] = self.task.split("train")
+        # Prompts are checked with the tokenizer alone, before any weights are loaded.
+        tokenizer = loaded.tokenizer if loaded else load_tokenizer(config.model.name, config.model.trust_remote_code)
+        for split, split_samples in (("train", self.train_samples), (config.eval.split, self.eval_samples)):
+            check_prompt_lengths(tokenizer, split_samples, config, split)
         loaded = loaded or load_model(config.model.name, config.model.dtype, config.model.trust_remote_code)
         self.tokenizer = loaded.tokenizer
         value_head = config.model.value_head if self.uses_critic else "none"
-        self.reference = ReferenceModel(loaded.model, loaded.is_seq2seq)
-        freeze(loaded.model, config.model.freeze_embeddings, config.model.trainable_layers)
-        self.policy = Policy(loaded.model, loaded.tokenizer, loaded.is_seq2seq, value_head=value_head)
+        model = loaded.model.to(self.dist.device)
+        if config.accelerate.gradient_checkpointing:
+            gradient_checkpointing(model)
+        if config.peft is not None:
+            if config.model.trainable_layers is not None:
+                raise ConfigError(
+                    "model.trainable_layers does not combine with peft: with LoRA only the adapters train"
+                )
+            # The reference is then this same module with its adapters off: no copy of the base weights.
+            model = add_lora(model, config.peft, loaded.is_seq2seq, config.model.name)
+        self.reference = ReferenceModel(model, loaded.is_seq2seq)
+        if config.peft is None:
+            freeze(model, config.model.freeze_embeddings, config.model.trainable_layers)
+        self.policy = Policy(model, loaded.tokenizer, loaded.is_seq2seq, value_head=value_head).to(self.dist.device)
+        check_generation_backend(config.generation.backend, self.dist.device)
         self.build_extras()
         self.kl_ctl = make_kl_controller(config.kl.controller, config.kl.coef, config.kl.target, config.kl.horizon)
         self.max_new_tokens = config.generation.max_new_tokens or int(self.task.generation.get("max_new_tokens", 32))
+        check_context(config, self.max_new_tokens, loaded.model.config, loaded.is_seq2seq)
         self.generation = make_generation_config(self.tokenizer, **config.generation.hf_settings(self.max_new_tokens))
         self.temperature = config.generation.temperature if config.generation.do_sample else 1.0
         self.optimizer = self.make_optimizer()
+        self.dist.broadcast_parameters(self.policy)  # replicas start equal even if a random init differed
         self.start_iteration = 1
+        self._snapshots: list[Snapshot] = []
         self.before: dict[str, float] | None = None
         self.before_samples: list[dict[str, Any]] = []
         self._prepare_run_dir(resume, overwrite)
@@ -137,22 +177,59 @@ class OnPolicyTrainer:
     def algo_config(self) -> Any:
         return getattr(self.config, self.config.algo)
 
+    def check_data_parallel(self) -> None:
+        """With several processes, the global batch must split evenly: prompts by rank, minibatches too."""
+        world = self.dist.world_size
+        if world == 1:
+            return
+        if not self.supports_data_parallel:
+            raise DistributedError(f"algo={self.config.algo} runs in one process only; launch it without torchrun")
+        prompts = self.config.rollout.batch_size // self.samples_per_prompt
+        if prompts % world:
+            raise ConfigError(
+                f"rollout.batch_size={self.config.rollout.batch_size} gives {prompts} prompts per iteration, which "
+                f"do not split over {world} processes: make it a multiple of {world * self.samples_per_prompt}"
+            )
+        minibatch = getattr(self.algo_config, "minibatch_size", None)
+        if minibatch is not None and minibatch % world:
+            raise ConfigError(
+                f"{self.config.algo}.minibatch_size={minibatch} counts samples of the global batch and must split "
+                f"over {world} processes: make it a multiple of {world}"
+            )
+
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
+        """Create (or resume) the run folder. Every rank loads a resumed checkpoint (it holds the whole,
+        replicated state, so any number of processes can continue it); only the main one writes."""
+        main = self.dist.is_main
         if resume:
+            if main:
+                clean_partial(self.run.checkpoints)
+                clean_partial(self.run.root)
+            self.dist.barrier()
             found = list_checkpoints(self.run.checkpoints)
             if not found:
-                raise FileNotFoundError(f"--resume: no complete checkpoint under {self.run.checkpoints}")
+                # Killed before its first checkpoint: nothing is lost by starting over.
+                self.console.print(f"[bold]no complete checkpoint[/] in {self.run.root} yet: starting it over")
+                if main:
+                    shutil.rmtree(self.run.root)
+                    self.run.create(self.config)
+                self.dist.barrier()
+                return
             step, path = found[-1]
             state = load_checkpoint(path, self.policy, self.optimizer, self.checkpoint_modules())
             self.restore_state(state)
             self.start_iteration = step + 1
-            self.run.truncate_after(step)
-            self.run.create(self.config)  # the resumed run's config (e.g. more iterations)
+            self.dist.barrier()  # all ranks have read the checkpoint before the main one touches the folder
+            if main:
+                self.run.truncate_after(step)
+                self.run.create(self.config)  # the resumed run's config (e.g. more iterations)
             self.console.print(f"[bold]resuming[/] {self.run.root} from iteration {step}")
             return
-        if self.run.root.exists():
-            shutil.rmtree(self.run.root)  # only reached with overwrite=True
-        self.run.create(self.config)
+        if main:
+            if self.run.root.exists():
+                shutil.rmtree(self.run.root)  # only reached with overwrite=True
+            self.run.create(self.config)
+        self.dist.barrier()
 
     # --- one iteration ---------------------------------------------------------------------------
 
@@ -177,66 +254,162 @@ class OnPolicyTrainer:
         cfg = self.algo_config
         advantages, returns = gae(rewards, rollout.values, rollout.mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
-            advantages = whiten(advantages, rollout.mask)
+            # With several processes, over the global batch: every rank scales by the same statistics.
+            advantages = whiten(advantages, rollout.mask, sum_over_ranks=self.dist.sum if self.dist.enabled else None)
         return advantages, returns
 
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         raise NotImplementedError
 
     def step(self, iteration: int) -> dict[str, Any]:
-        torch.manual_seed(self.config.seed * 1_000_003 + iteration)  # makes a resumed run exact
+        # Makes a resumed run exact; each rank samples its own stream (rank 0's is the single-process one).
+        torch.manual_seed(self.config.seed * 1_000_003 + iteration + self.dist.rank * 2**32)
+        self.snapshot(iteration - 1)
         k = self.samples_per_prompt
         idx = prompt_indices(len(self.train_samples), self.config.rollout.batch_size // k, iteration, self.config.seed)
-        rollout = self.rollout([self.train_samples[i] for i in idx for _ in range(k)])
+        idx = self.dist.shard(idx)  # this rank's prompts of the global batch
+        error: str | None = None
+        try:
+            with self.dist.autocast():
+                rollout = self.rollout([self.train_samples[i] for i in idx for _ in range(k)])
+        except RewardError as err:
+            error = str(err)
+        if self.dist.any(error is not None):  # all ranks stop together
+            problem = error or "a reward failed in another process (its error names the sample)"
+            self.fail(iteration, problem, self._snapshots[-1])
         rewards, kl = self.kl_penalised_rewards(rollout)
+        self.check_kl(iteration, rollout, kl)
         advantages, returns = self.advantages(rollout, rewards)
         t0 = time.perf_counter()
-        stats = self.update(rollout, advantages, returns)
+        try:
+            stats = self.update(rollout, advantages, returns)
+            for key, value in stats.items():
+                if not math.isfinite(value):
+                    raise TrainingError(f"the update's {key} is {value}")
+        except TrainingError as err:
+            self.fail(iteration, str(err), self._snapshots[-1])
         rollout.seconds["update"] = time.perf_counter() - t0
-        for key, value in stats.items():
-            if not math.isfinite(value):
-                raise TrainingError(f"iteration {iteration}: {key} is {value}; stopping before the weights are saved")
-        kl_per_seq = float(kl.sum(-1).mean())
+        # Per-sample numbers of the global batch (gather is the identity with one process); the KL
+        # controller must see the same value on every rank.
+        gather = self.dist.gather
+        sample_rewards = gather(rollout.sample_rewards)
+        kl_per_seq = float(gather(kl.sum(-1)).mean())
         kl_coef = self.kl_ctl.value
-        self.kl_ctl.update(kl_per_seq, len(rollout.samples))
-        n_gen = int(rollout.mask.sum())
+        self.kl_ctl.update(kl_per_seq, len(sample_rewards))
+        n_gen = int(self.dist.sum(rollout.mask.sum()))
+        sum_over_ranks = self.dist.sum if self.dist.enabled else None
         record: dict[str, Any] = {
             "iteration": iteration,
             "kind": "train",
-            "reward/task": float(rollout.sample_rewards.mean()),
-            "reward/task_std": float(rollout.sample_rewards.std()) if len(rollout.samples) > 1 else 0.0,
-            "reward/penalised": float((rewards * rollout.mask).sum(-1).mean()),
+            "reward/task": float(sample_rewards.mean()),
+            "reward/task_std": float(sample_rewards.std()) if len(sample_rewards) > 1 else 0.0,
+            "reward/penalised": float(gather((rewards * rollout.mask).sum(-1)).mean()),
             "kl": kl_per_seq,
             "kl_coef": kl_coef,
-            "entropy": float(masked_mean(rollout.entropy, rollout.mask)),
-            "gen_len": float(rollout.gen_lengths.float().mean()),
-            "prompts_truncated": rollout.extras.get("n_truncated", 0),
+            "entropy": float(
+                masked_mean(rollout.entropy, rollout.mask)
+                if sum_over_ranks is None
+                else global_masked_moments(rollout.entropy, rollout.mask, sum_over_ranks)[0]
+            ),
+            "gen_len": float(gather(rollout.gen_lengths.float()).mean()),
+            "prompts_truncated": int(self.dist.sum(torch.tensor(rollout.extras.get("n_truncated", 0)))),
             **stats,
         }
         if rollout.values is not None:
-            record["explained_var"] = explained_variance(rollout.values, returns, rollout.mask)
+            record["explained_var"] = explained_variance(rollout.values, returns, rollout.mask, sum_over_ranks)
         for phase, seconds in rollout.seconds.items():
             record[f"time/{phase}"] = seconds
             record[f"tokens_per_s/{phase}"] = n_gen / seconds if seconds > 0 else float("nan")
         return record
 
+    # --- numerical guards (lmgym/guards.py) -------------------------------------------------------
+
+    def snapshot(self, iteration: int) -> None:
+        """Keep the trainable state at the end of ``iteration`` (and the one before it) in memory."""
+        if not self.config.guards.rollback:
+            return
+        previous = self._snapshots[-1] if self._snapshots else None
+        snap = take_snapshot(
+            iteration,
+            self.policy,
+            self.optimizer,
+            self.checkpoint_modules(),
+            self.trainer_state(iteration),
+            previous,
+        )
+        self._snapshots = [*self._snapshots[-1:], snap]
+
+    def check_kl(self, iteration: int, rollout: Rollout, kl: torch.Tensor) -> None:
+        """Stop when the mean KL per generated token passes ``guards.max_kl``; the weights that produced
+        it came out of the previous iteration's update, so the good state is the one before that."""
+        bound = self.config.guards.max_kl
+        if bound is None:
+            return
+        n_tokens = rollout.mask.sum()
+        per_token = float(kl.sum() / n_tokens.clamp(min=1))
+        if self.dist.enabled:  # the global batch's, so that all ranks stop together
+            kl_sum, n_tokens = self.dist.sum(torch.stack([kl.sum(), n_tokens.to(kl.dtype)]))
+            per_token = float(kl_sum / n_tokens.clamp(min=1))
+        if math.isfinite(per_token) and per_token <= bound:
+            return
+        per_sample = (kl.sum(-1) / rollout.mask.sum(-1).clamp(min=1)).nan_to_num(float("inf"))
+        worst = int(per_sample.argmax())
+        good = self._snapshots[0] if len(self._snapshots) == 2 else None
+        self.fail(
+            iteration,
+            f"the KL to the reference is {per_token:.3g} nats per token, past guards.max_kl={bound}; the largest is "
+            f"{float(per_sample[worst]):.3g} for {describe_sample(rollout.samples[worst], rollout.generations[worst])}",
+            good,
+        )
+
+    def fail(self, iteration: int, problem: str, good: Snapshot | None) -> NoReturn:
+        """Save the last good state as the newest checkpoint, then stop with an error naming the problem."""
+        if good is None:
+            newest = list_checkpoints(self.run.checkpoints)
+            where = f"the newest checkpoint is {newest[-1][1]}" if newest else "no checkpoint was written"
+            raise TrainingError(f"iteration {iteration}: {problem}. No good state was kept in memory; {where}")
+        restore_snapshot(good, self.policy, self.optimizer, self.checkpoint_modules())
+        self.restore_state(good.trainer_state)
+        path = self.run.checkpoints / f"step-{good.iteration}"
+        if self.dist.is_main:  # every rank restored the same state; one writes it
+            reject_after(self.run.checkpoints, good.iteration)
+            if not path.exists():
+                save_checkpoint(path, self.policy, self.optimizer, good.trainer_state, self.checkpoint_modules())
+        self.dist.barrier()
+        raise TrainingError(
+            f"iteration {iteration}: {problem}. The last good state (after iteration {good.iteration}) is saved in "
+            f"{path}; fix the cause and continue with --resume"
+        )
+
     # --- the loop --------------------------------------------------------------------------------
 
-    def evaluate(self, iteration: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    @property
+    def eval_samples(self) -> list[Sample]:
+        return self.task.split(self.config.eval.split)[: self.config.eval.num_prompts]
+
+    def evaluate(self, iteration: int, final: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Score the held-out prompts and log them; ``final`` marks the end-of-run evaluation, which
+        comes after the last checkpoint and is therefore redone by a resume.
+
+        With several processes only the main one evaluates (and returns empty results on the others)."""
+        if not self.dist.is_main:
+            return {}, []
         cfg = self.config.eval
-        samples = self.task.split(cfg.split)[: cfg.num_prompts]
-        metrics, records = evaluate(
-            self.policy,
-            self.reference,
-            self.reward,
-            samples,
-            self.generation,
-            self.config.model.max_prompt_tokens,
-            cfg.batch_size,
-            cfg.seed,
-        )
-        self.run.log_metrics({"iteration": iteration, "kind": "eval", **{f"eval/{k}": v for k, v in metrics.items()}})
-        self.run.log_samples([{"iteration": iteration, **r} for r in records])
+        samples = self.eval_samples
+        with self.dist.autocast():
+            metrics, records = evaluate(
+                self.policy,
+                self.reference,
+                self.reward,
+                samples,
+                self.generation,
+                self.config.model.max_prompt_tokens,
+                cfg.batch_size,
+                cfg.seed,
+            )
+        tag = {"iteration": iteration, "kind": "eval", **({"final": True} if final else {})}
+        self.run.log_metrics({**tag, **{f"eval/{k}": v for k, v in metrics.items()}})
+        self.run.log_samples([{**tag, **r} for r in records])
         return metrics, records
 
     # --- checkpoint hooks: subclasses extend these to save and restore their own state ------------
@@ -263,14 +436,17 @@ class OnPolicyTrainer:
         self.before, self.before_samples = state.get("before"), state.get("before_samples", [])
 
     def save(self, iteration: int) -> None:
-        save_checkpoint(
-            self.run.checkpoints / f"step-{iteration}",
-            self.policy,
-            self.optimizer,
-            self.trainer_state(iteration),
-            self.checkpoint_modules(),
-        )
-        prune_checkpoints(self.run.checkpoints, self.config.checkpoint.keep)
+        """Write a checkpoint (main process only: the replicas are identical)."""
+        if self.dist.is_main:
+            save_checkpoint(
+                self.run.checkpoints / f"step-{iteration}",
+                self.policy,
+                self.optimizer,
+                self.trainer_state(iteration),
+                self.checkpoint_modules(),
+            )
+            prune_checkpoints(self.run.checkpoints, self.config.checkpoint.keep)
+        self.dist.barrier()
 
     def train(self) -> TrainResult:
         cfg = self.config
@@ -294,38 +470,55 @@ class OnPolicyTrainer:
             started, last = time.perf_counter(), self.start_iteration - 1
             for iteration in range(self.start_iteration, cfg.iterations + 1):
                 record = self.step(iteration)
-                self.run.log_metrics(record)
+                if self.dist.is_main:
+                    self.run.log_metrics(record)
                 history.append(record)
                 last = iteration
-                status = (
-                    f"reward {record['reward/task']:+.3f}  kl {record['kl']:.2f}  β {record['kl_coef']:.3f}  "
-                    f"len {record['gen_len']:.1f}"
-                )
+                status = self.status(record)
                 progress.update(bar, advance=1, status=status)
                 progress.console.print(
                     f"it {iteration:>3}  {status} |"
-                    + "".join(f" {p} {record[f'time/{p}']:.1f}s" for p in ("generate", "score", "update")),
+                    + "".join(f" {p} {record[f'time/{p}']:.1f}s" for p in self.timed_phases),
                     highlight=False,
                 )
                 if cfg.eval.every and iteration % cfg.eval.every == 0 and iteration < cfg.iterations:
                     self.evaluate(iteration)
                 if cfg.checkpoint.every and iteration % cfg.checkpoint.every == 0:
                     self.save(iteration)
-                if cfg.max_train_seconds is not None and time.perf_counter() - started >= cfg.max_train_seconds:
+                if cfg.max_train_seconds is not None and self.dist.any(
+                    time.perf_counter() - started >= cfg.max_train_seconds  # all ranks stop at the same iteration
+                ):
                     progress.console.print(f"stopping after iteration {iteration}: max_train_seconds reached")
                     break
-        after, after_records = self.evaluate(last)
-        self.save(last)
-        self.save_final()
-        self.run.plot()
-        self.report(after, after_records)
+        after, after_records = self.evaluate(last, final=True)
+        if not (self.run.checkpoints / f"step-{last}").exists():
+            self.save(last)
+        if self.dist.is_main:
+            self.save_final()
+            self.run.plot()
+            self.report(after, after_records)
+        self.dist.barrier()
         return TrainResult(self.run.root, self.before, after, history)
+
+    timed_phases: tuple[str, ...] = ("generate", "score", "update")  # shown on each iteration's line
+
+    def status(self, record: dict[str, Any]) -> str:
+        """The short progress line of one iteration's record."""
+        return (
+            f"reward {record['reward/task']:+.3f}  kl {record['kl']:.2f}  β {record['kl_coef']:.3f}  "
+            f"len {record['gen_len']:.1f}"
+        )
 
     def save_final(self) -> None:
         final = self.run.final
         tmp = final.with_name(".tmp-final")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.policy.model.save_pretrained(tmp)
+        if self.config.peft is not None:
+            # final/adapter/ holds the LoRA adapter; final/ the merged model (a plain checkpoint) when asked.
+            tmp.mkdir(parents=True)
+            save_adapter(self.policy.model, tmp / "adapter", tmp if self.config.peft.merge_on_save else None)
+        else:
+            self.policy.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
         if self.policy.value_head is not None:
             save_file(
@@ -340,7 +533,18 @@ class OnPolicyTrainer:
         self.console.print(f"run written to [bold]{self.run.root}[/] (plot: {self.run.plots / 'reward_kl.png'})")
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+def explained_variance(
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> float:
+    """1 − Var[R − V] / Var[R] over the unmasked tokens (of the global batch, with ``sum_over_ranks``)."""
+    if sum_over_ranks is not None:
+        var_returns = float(global_masked_moments(returns, mask, sum_over_ranks)[1])
+        if var_returns == 0:
+            return float("nan")
+        return 1.0 - float(global_masked_moments(returns - values, mask, sum_over_ranks)[1]) / var_returns
     var_returns = float(masked_mean((returns - masked_mean(returns, mask)) ** 2, mask))
     if var_returns == 0:
         return float("nan")

@@ -10,6 +10,7 @@ Per minibatch of generated tokens (masked means over tokens):
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ import torch
 from lmgym.algos.advantages import masked_mean
 from lmgym.algos.onpolicy import OnPolicyTrainer
 from lmgym.algos.rollout import Rollout
+from lmgym.guards import TrainingError, describe_rows, non_finite_rows
+from lmgym.models.policy import checkpointed_blocks
 
 
 def ppo_policy_loss(
@@ -92,6 +95,16 @@ class PPOTrainer(OnPolicyTrainer):
         """The policy term of one minibatch; variants (A2C, GRPO, ...) override this."""
         return ppo_policy_loss(m.logprobs, m.old_logprobs, m.advantages, m.mask, self.algo_config.clip_range)
 
+    def culprits(self, rollout: Rollout, idx: torch.Tensor) -> str:
+        """Which samples of a minibatch carry NaN/inf (in their scores, advantages or rewards)."""
+        with torch.no_grad():
+            logprobs, _, values = self.score_minibatch(rollout, idx, with_entropy=False)
+        rows = non_finite_rows(logprobs, values, rollout.task_rewards[idx])
+        if not rows:
+            return f"in a minibatch of {len(idx)} samples, none of which has a non-finite score or reward"
+        picked = [int(idx[r]) for r in rows]
+        return "from " + describe_rows(rollout.samples, rollout.generations, picked)
+
     def minibatch_loss(
         self,
         rollout: Rollout,
@@ -123,22 +136,56 @@ class PPOTrainer(OnPolicyTrainer):
         for _ in range(getattr(cfg, "epochs", 1)):
             epoch_kl, epoch_steps = 0.0, 0
             for idx in self.minibatches(len(rollout.samples)):
-                loss, stats = self.minibatch_loss(rollout, idx, advantages, returns, old_logprobs)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss, stats = self.backward_minibatch(rollout, idx, advantages, returns, old_logprobs)
+                # Several processes: the mean gradient of all ranks' minibatches, identical on every rank.
+                self.dist.average_gradients(p for p in self.policy.parameters() if p.requires_grad)
+                self.dist.unscale(self.optimizer)
                 stats["grad_norm"] = self.clip_gradients(cfg.max_grad_norm)
-                self.optimizer.step()
+                # With fp16 an overflow is expected now and then: the loss scaler skips that step.
+                if self.dist.scaler is None and not math.isfinite(float(stats["grad_norm"])):
+                    raise TrainingError(
+                        f"the gradient norm is {float(stats['grad_norm'])} {self.culprits(rollout, idx)}"
+                    )
+                self.dist.step(self.optimizer)
                 stats["loss/total"] = loss
                 steps += 1
                 epoch_steps += 1
                 epoch_kl += float(stats.get("approx_kl", 0.0))
                 for key, value in stats.items():
                     sums[key] += float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-            if target_kl is not None and epoch_kl / epoch_steps > 1.5 * target_kl:
+            if target_kl is not None and self.dist.mean_float(epoch_kl / epoch_steps) > 1.5 * target_kl:
                 break
         out = {k: v / steps for k, v in sums.items()}
         out["update_steps"] = float(steps)
-        return out
+        return self.dist.mean_floats(out)
+
+    def backward_minibatch(
+        self,
+        rollout: Rollout,
+        idx: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        old_logprobs: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """`minibatch_loss` and its gradient (summed into ``.grad``), in ``accelerate.grad_accumulation_steps``
+        micro-batches whose losses are averaged (less activation memory, the same optimizer steps)."""
+        n_micro = min(self.config.accelerate.grad_accumulation_steps, len(idx))
+        sums: dict[str, float] = defaultdict(float)
+        for micro in idx.tensor_split(n_micro):
+            with self.dist.autocast(), checkpointed_blocks(self.policy, self.config.accelerate.gradient_checkpointing):
+                loss, stats = self.minibatch_loss(rollout, micro, advantages, returns, old_logprobs)
+            finite = bool(torch.isfinite(loss))
+            if self.dist.any(not finite):  # every rank stops, not only the one that saw it
+                where = self.culprits(rollout, micro) if not finite else "in another process's minibatch"
+                raise TrainingError(f"the loss is {float(loss)} {where}")
+            self.dist.backward(loss if n_micro == 1 else loss / n_micro)
+            if n_micro == 1:
+                return loss, stats
+            for key, value in {**stats, "_loss": loss}.items():
+                sums[key] += (float(value.detach()) if isinstance(value, torch.Tensor) else float(value)) / n_micro
+        loss_mean = torch.tensor(sums.pop("_loss"))
+        return loss_mean, dict(sums)
 
     def clip_gradients(self, max_norm: float | None) -> torch.Tensor:
         params = [p for p in self.policy.parameters() if p.grad is not None]

@@ -10,8 +10,9 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
 from lmgym.data.sample import Sample
+from lmgym.guards import describe_sample
 from lmgym.models.policy import Policy, ReferenceModel, TokenBatch
-from lmgym.rewards.base import Reward, check_scores
+from lmgym.rewards.base import Reward, RewardError, check_scores
 
 
 @dataclass
@@ -40,6 +41,27 @@ class Rollout:
         return self.mask.sum(-1)
 
 
+def check_generation_backend(backend: str, device: torch.device) -> None:
+    """Refuse a generation backend that cannot run here, saying what is missing."""
+    if backend == "hf":
+        return
+    import importlib.util
+
+    missing = []
+    if importlib.util.find_spec("vllm") is None:
+        missing.append("the vllm package (`pip install vllm`, Linux with a CUDA GPU)")
+    if device.type != "cuda":
+        missing.append(f"a CUDA GPU (this process runs on {device})")
+    if missing:
+        raise ValueError(f"generation.backend=vllm needs {' and '.join(missing)}; or set generation.backend=hf")
+    # vLLM is present on a GPU, but this version of lmgym has no verified vLLM rollout path yet: say so
+    # instead of silently falling back to HF generate.
+    raise NotImplementedError(
+        "generation.backend=vllm: generating with vLLM (and syncing its weights after each update) is not "
+        "implemented in this version of lmgym; set generation.backend=hf"
+    )
+
+
 def tokenize_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Pad and truncate prompts; returns ids, mask and how many were truncated."""
     full = tokenizer(prompts, add_special_tokens=True)["input_ids"]
@@ -63,8 +85,13 @@ def compute_task_rewards(
         ids = gen_ids[i, : lengths[i]].tolist()
         meta.append({**sample.meta, "gen_token_ids": ids, "gen_tokens": [tokenizer.decode([t]) for t in ids]})
     raw = reward([s.prompt for s in samples], generations, [list(s.references) for s in samples], meta)
-    scores = check_scores(reward, raw, lengths)
-    out = torch.zeros(gen_ids.shape, dtype=torch.float32)
+    try:
+        scores = check_scores(reward, raw, lengths)
+    except RewardError as err:
+        if err.index is None:
+            raise
+        raise RewardError(f"{err}: {describe_sample(samples[err.index], generations[err.index])}", err.index) from None
+    out = torch.zeros(gen_ids.shape, dtype=torch.float32, device=gen_ids.device)
     for i, row in enumerate(scores):
         if reward.per_token:
             out[i, : lengths[i]] = torch.tensor(row, dtype=torch.float32)
@@ -95,6 +122,7 @@ def collect_rollout(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     prompt_ids, prompt_mask, n_truncated = tokenize_prompts(tok, [s.prompt for s in samples], max_prompt_tokens)
+    prompt_ids, prompt_mask = prompt_ids.to(policy.device), prompt_mask.to(policy.device)
     if reuse_generation_scores:
         batch, scores = policy.generate_and_score(prompt_ids, prompt_mask, generation, temperature, logits_processor)
     else:

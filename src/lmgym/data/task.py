@@ -6,6 +6,7 @@ reported at evaluation, and the generation settings that suit it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,19 @@ def register_task(name: str, description: str = "") -> Callable[[Callable[..., T
 
 def _ensure_builtin_tasks() -> None:
     # Importing the modules runs their @register_task decorators.
-    from lmgym.data.tasks import sentiment, toy  # noqa: F401
+    from lmgym.data.tasks import files, sentiment, toy  # noqa: F401
+
+    # GRUE tasks (hub loader + offline generator each).
+    from lmgym.data.tasks import (  # noqa: F401
+        cnn_dailymail,
+        commongen,
+        dailydialog,
+        imdb,
+        iwslt2017,
+        narrativeqa,
+        totto,
+        wmt16,
+    )
 
 
 def available_tasks() -> dict[str, str]:
@@ -62,4 +75,10 @@ def load_task(name: str, **options: Any) -> Task:
     _ensure_builtin_tasks()
     if name not in _REGISTRY:
         raise KeyError(f"unknown task {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
+    factory = _REGISTRY[name]
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as err:
+        accepted = ", ".join(inspect.signature(factory).parameters) or "none"
+        raise ValueError(f"task_args for task {name!r}: {err} (it accepts: {accepted})") from None
+    return factory(**options)

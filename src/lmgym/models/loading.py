@@ -97,10 +97,29 @@ def resolve_model_path(name: str) -> str:
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelLoadError(f"model folder {path} has no config.json (not a Hugging Face checkpoint)")
+        if not any((path / f).exists() for f in _TOKENIZER_FILES):
+            raise ModelLoadError(
+                f"model folder {path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+                "save one there with tokenizer.save_pretrained(...)"
+            )
         return str(path)
     if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
         raise ModelLoadError(f"model path {name!r} does not exist")
     return name  # a hub id
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
+
+
+def check_safetensors(folder: Path) -> None:
+    """Weights are read from safetensors only: a pickle (.bin/.pt) file can run code when loaded."""
+    if not list(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        found = f" (found {', '.join(pickles)})" if pickles else ""
+        raise ModelLoadError(
+            f"model folder {folder} has no .safetensors weights{found}; lmgym does not load pickle files. "
+            "Convert once, in a session you trust: AutoModel...from_pretrained(folder).save_pretrained(folder)"
+        )
 
 
 def load_model(name: str, dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
@@ -111,6 +130,8 @@ def load_model(name: str, dtype: str = "float32", trust_remote_code: bool = Fals
         source = name
     else:
         source = resolve_model_path(name)
+        if Path(source).is_dir():
+            check_safetensors(Path(source))
         try:
             config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)

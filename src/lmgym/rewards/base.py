@@ -18,7 +18,13 @@ Scores = list[float] | list[list[float]]
 
 
 class RewardError(ValueError):
-    """A reward returned something other than finite floats of the right shape."""
+    """A reward returned something other than finite floats of the right shape.
+
+    ``index`` is the offending sample's position in the batch, when one sample is at fault."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class Reward:
@@ -74,7 +80,7 @@ def check_scores(reward: Reward, scores: Any, gen_lengths: Sequence[int]) -> lis
         if reward.per_token:
             if not isinstance(value, (list, tuple)) or len(value) != gen_lengths[i]:
                 raise RewardError(
-                    f"per-token reward {name!r}: sample {i} needs {gen_lengths[i]} scores, got {value!r:.80}"
+                    f"per-token reward {name!r}: sample {i} needs {gen_lengths[i]} scores, got {value!r:.80}", i
                 )
             row = [_as_finite(name, i, v) for v in value]
             out.append(row)
@@ -87,7 +93,9 @@ def _as_finite(name: str, index: int, value: Any) -> float:
     try:
         f = float(value)
     except (TypeError, ValueError):
-        raise RewardError(f"reward {name!r} returned a non-number for sample {index}: {value!r:.80}") from None
+        raise RewardError(f"reward {name!r} returned a non-number for sample {index}: {value!r:.80}", index) from None
     if isinstance(value, bool) or not math.isfinite(f):
-        raise RewardError(f"reward {name!r} returned {value!r} for sample {index}; rewards must be finite floats")
+        raise RewardError(
+            f"reward {name!r} returned {value!r} for sample {index}; rewards must be finite floats", index
+        )
     return f
