@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of torch 2.13.0 is on this machine's disk; any other spec downloads gigabytes.
 TORCH_SPEC := torch==2.13.0
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench bench-speed lint install clean wordnet
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,33 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lmgym train configs/demo.yaml --overwrite
 
-test: $(STAMP)
+# METEOR's WordNet 3.0 comes from Debian (lmgym arranges it as an NLTK corpus itself at first use).
+wordnet:
+	@if [ ! -f /usr/share/wordnet/index.sense ] || [ ! -f /usr/share/wordnet/data.noun ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing WordNet (wordnet-base, wordnet-sense-index) for METEOR"; \
+	    apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base wordnet-sense-index >/dev/null; \
+	  else \
+	    echo "note: METEOR tests need WordNet: apt-get install wordnet-base wordnet-sense-index (as root)"; \
+	  fi; \
+	fi
+
+test: $(STAMP) wordnet
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+# lmgym vs TRL's GRPOTrainer on the bundled model (many minutes on a CPU); the four ratios end in one JSON line.
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/vs_trl.py
+
+# Seconds per phase of one lmgym PPO iteration, tokens/s, update FLOP/s against the matmul peak.
+bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
 
 lint: $(STAMP)

@@ -117,7 +117,9 @@ def metrics() -> None:
     for name, info in metric_infos().items():
         ok, why = availability(info)
         kind = "" if info.per_sample else " [dim](corpus only)[/]"
-        table.add_row(name, info.description + kind, requirement(info) or "-", "[green]yes[/]" if ok else f"[red]no[/]: {why}")
+        table.add_row(
+            name, info.description + kind, requirement(info) or "-", "[green]yes[/]" if ok else f"[red]no[/]: {why}"
+        )
     console.print(table)
 
 
@@ -154,6 +156,28 @@ def bench(
     from lmgym.bench.speed import run_speed_benchmark
 
     run_speed_benchmark(model=model, batch=batch, new_tokens=new_tokens, repeats=repeats, console=console)
+
+
+rm_app = typer.Typer(no_args_is_help=True, help="Reward models learned from comparisons.")
+app.add_typer(rm_app, name="rm")
+
+
+@rm_app.command("train")
+def rm_train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config; the rm section (and task, seed, name)")] = None,  # noqa: UP045
+    set_: Annotated[list[str], typer.Option("--set", help="override a key: --set rm.epochs=3 (repeatable)")] = [],  # noqa: B006
+    overwrite: Annotated[bool, typer.Option(help="replace an existing folder of the same name")] = False,
+) -> None:
+    """Train a reward model (Bradley–Terry) on comparisons; its folder is a reward (rm.path=...)."""
+    logging.basicConfig(level=logging.WARNING)
+    _quiet_loading()
+    from lmgym.algos.rm import train_reward_model
+    from lmgym.config import load_config
+
+    try:
+        train_reward_model(load_config(config, set_), console=console, overwrite=overwrite)
+    except _user_errors() as err:
+        _fail(err)
 
 
 def main() -> None:

@@ -106,6 +106,12 @@ class RolloutConfig(Section):
     reuse_generation_scores: bool = Field(
         True, description="take old log-probs and values from generation's own forward passes (saves one pass)"
     )
+    reuse_frozen_trunk: bool = Field(
+        True,
+        description="with frozen embeddings and bottom blocks (model.trainable_layers): keep their output from "
+        "generation, so the reference's score pass and the update's passes start at the first trainable block; the "
+        "reference shares the frozen modules with the policy (less memory). Same numbers up to float rounding",
+    )
 
 
 class KLSettings(Section):
@@ -216,11 +222,13 @@ class LoggedDataConfig(OfflineConfig):
     logged_prompts: int | None = Field(None, gt=0, description="'logged': only the first N train prompts (None: all)")
 
 
-class SFTConfig(OfflineConfig):
+class SFTConfig(LoggedDataConfig):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate")
     data: str = Field(
         "references",
-        description="'references': one example per reference of each train prompt; or a JSONL of {prompt, completion}",
+        description="'references': one example per reference of each train prompt; 'logged-best': the best (by the "
+        "reward) of logged_per_prompt completions of each train prompt sampled from the initial policy (best-of-K "
+        "distillation, kept as the run's sft-data.jsonl); or a JSONL of {prompt, completion}",
     )
 
 
@@ -401,9 +409,10 @@ class RewardConfig(Section):
     normalize: bool = Field(
         False, description="divide by the running std (and subtract the running mean) of all scores seen so far"
     )
-    per_token: Literal["none", "last", "uniform"] = Field(
+    per_token: Literal["none", "last", "uniform", "incremental"] = Field(
         "none",
-        description="shape a sequence reward into per-token rewards: 'last' token only, or 'uniform' (1/n each)",
+        description="shape a sequence reward into per-token rewards: 'last' token only, 'uniform' (1/n each), or "
+        "'incremental' (token t earns R(text up to t) − R(text before t); scores every prefix)",
     )
 
     @model_validator(mode="after")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -17,8 +19,33 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_mean((x - mean) ** 2, mask)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def global_masked_moments(
+    x: torch.Tensor, mask: torch.Tensor, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of the unmasked entries of ``x`` over all ranks' batches (data parallel):
+    sums of x, x² and the count are added up across ranks, so every rank gets the global statistics."""
+    mask = mask.to(x.dtype)
+    xm = x * mask
+    sums = sum_over_ranks(torch.stack([xm.sum(), (xm * x).sum(), mask.sum()]).double())
+    count = sums[2].clamp(min=1.0)
+    mean = sums[0] / count
+    var = (sums[1] / count - mean**2).clamp(min=0.0)
+    return mean.to(x.dtype), var.to(x.dtype)
+
+
+def whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Scale the unmasked entries to mean 0 and variance 1 (``shift_mean=False`` keeps the mean).
+    With ``sum_over_ranks`` (several processes) the statistics are those of the global batch."""
+    if sum_over_ranks is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        mean, var = global_masked_moments(x, mask, sum_over_ranks)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -238,6 +238,7 @@ class NLPOTrainer(PPOTrainer):
         max_prompt_tokens = self.config.model.max_prompt_tokens
         # The same call collect_rollout makes; the processor needs the prompt mask for its own forward.
         prompt_ids, prompt_mask, _ = tokenize_prompts(self.tokenizer, [s.prompt for s in samples], max_prompt_tokens)
+        prompt_ids, prompt_mask = prompt_ids.to(self.policy.device), prompt_mask.to(self.policy.device)  # as generate
         processor = MaskPolicyProcessor(
             None if self.mask_is_learner else self.mask_model,
             self.policy.is_seq2seq,

@@ -99,6 +99,11 @@ class OnPolicyTrainer:
         self.dist = Distributed.setup(config.accelerate.mixed_precision, config.accelerate.device)
         # Only the main process prints, logs and writes files.
         self.console = (console or Console()) if self.dist.is_main else Console(quiet=True)
+        if self.dist.enabled or self.dist.device.type != "cpu" or self.dist.mixed_precision != "no":
+            self.console.print(
+                f"{self.dist.world_size} process(es) on {self.dist.device.type}, "
+                f"mixed precision: {self.dist.mixed_precision}"
+            )
         if config.rollout.batch_size % self.samples_per_prompt:
             raise ValueError(
                 f"rollout.batch_size ({config.rollout.batch_size}) must be a multiple of "
@@ -124,6 +129,10 @@ class OnPolicyTrainer:
         self.reward = as_reward(reward) if reward is not None else build_reward(config.reward, self.task.reward)
         if self.reward is None:
             raise ConfigError(f"task {config.task!r} has no default reward: give one in the config's reward section")
+        if config.rm.retrain_every:
+            from lmgym.algos.rm import check_retrainable
+
+            check_retrainable(self.reward)
         self.train_samples: list[Sample] = self.task.split("train")
         # Prompts are checked with the tokenizer alone, before any weights are loaded.
         tokenizer = loaded.tokenizer if loaded else load_tokenizer(config.model.name, config.model.trust_remote_code)
@@ -145,6 +154,8 @@ class OnPolicyTrainer:
         self.reference = ReferenceModel(model, loaded.is_seq2seq)
         if config.peft is None:
             freeze(model, config.model.freeze_embeddings, config.model.trainable_layers)
+            if config.rollout.reuse_frozen_trunk:
+                self.reference.share_frozen_trunk(model)
         self.policy = Policy(model, loaded.tokenizer, loaded.is_seq2seq, value_head=value_head).to(self.dist.device)
         check_generation_backend(config.generation.backend, self.dist.device)
         self.build_extras()
@@ -243,6 +254,7 @@ class OnPolicyTrainer:
             self.config.model.max_prompt_tokens,
             temperature=self.temperature,
             reuse_generation_scores=self.config.rollout.reuse_generation_scores,
+            keep_trunk=self.config.rollout.reuse_frozen_trunk,
         )
 
     def kl_penalised_rewards(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -470,6 +482,10 @@ class OnPolicyTrainer:
             started, last = time.perf_counter(), self.start_iteration - 1
             for iteration in range(self.start_iteration, cfg.iterations + 1):
                 record = self.step(iteration)
+                if cfg.rm.retrain_every and iteration % cfg.rm.retrain_every == 0:  # RLHF: refresh the reward model
+                    from lmgym.algos.rm import retrain_on_policy_samples
+
+                    record.update(retrain_on_policy_samples(self, iteration))
                 if self.dist.is_main:
                     self.run.log_metrics(record)
                 history.append(record)

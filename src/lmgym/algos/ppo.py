@@ -123,7 +123,22 @@ class PPOTrainer(OnPolicyTrainer):
             clip = getattr(cfg, "value_clip", None)
             stats["loss/value"] = value_loss(values, rollout.values[idx], returns[idx], mask, clip)
             loss = loss + cfg.vf_coef * stats["loss/value"]
+        if getattr(cfg, "ptx_coef", 0.0) > 0:  # PPO-ptx: maximise γ·log-likelihood of supervised data too
+            stats["loss/ptx"] = self.ptx_nll()
+            loss = loss + cfg.ptx_coef * stats["loss/ptx"]
         return loss - cfg.ent_coef * entropy_of(entropy, mask), stats
+
+    def ptx_nll(self) -> torch.Tensor:
+        """Mean token NLL of a batch of ``ppo.ptx_data`` (InstructGPT's pretraining mix; lmgym.algos.sft)."""
+        if getattr(self, "_ptx", None) is None:
+            from lmgym.algos.sft import PretrainingMix
+
+            cfg = self.algo_config
+            self._ptx = PretrainingMix(
+                cfg.ptx_data, self.train_samples, self.tokenizer, self.config.model.max_prompt_tokens,
+                self.max_new_tokens, cfg.ptx_batch_size,
+            )  # fmt: skip
+        return self._ptx.nll(self.policy)
 
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         """``epochs`` passes of minibatch gradient steps on `minibatch_loss`; stops early when the

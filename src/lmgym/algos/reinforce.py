@@ -55,7 +55,11 @@ class ReinforceTrainer(CriticFreeTrainer):
     def advantages(self, rollout: Rollout, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = rollout.mask.float()
         returns = returns_to_go(rewards, mask)  # [B, G]
-        self.baseline = update_baseline(self.baseline, float(returns[:, 0].mean()), self.algo_config.baseline_decay)
+        batch_mean = float(returns[:, 0].mean())
+        if getattr(self, "dist", None) is not None:
+            # Several processes: the global batch's mean (the ranks' batches are the same size), so all agree on b.
+            batch_mean = self.dist.mean_float(batch_mean)
+        self.baseline = update_baseline(self.baseline, batch_mean, self.algo_config.baseline_decay)
         return (returns - self.baseline) * mask, returns
 
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:

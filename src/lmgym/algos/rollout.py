@@ -111,12 +111,15 @@ def collect_rollout(
     temperature: float = 1.0,
     logits_processor: LogitsProcessorList | None = None,
     reuse_generation_scores: bool = True,
+    keep_trunk: bool = False,
 ) -> Rollout:
     """Generate for ``samples``, score the tokens and compute the task rewards.
 
     With ``reuse_generation_scores`` the behaviour policy's log-probs and values
     come from the logits and hidden states generation computed; otherwise from a
-    separate forward pass. The reference always takes one forward pass.
+    separate forward pass. The reference always takes one forward pass; with
+    ``keep_trunk`` it, like the update's passes, starts above the frozen bottom
+    blocks, from their output kept during generation (models/trunk.py).
     """
     tok = policy.tokenizer
     seconds: dict[str, float] = {}
@@ -124,7 +127,9 @@ def collect_rollout(
     prompt_ids, prompt_mask, n_truncated = tokenize_prompts(tok, [s.prompt for s in samples], max_prompt_tokens)
     prompt_ids, prompt_mask = prompt_ids.to(policy.device), prompt_mask.to(policy.device)
     if reuse_generation_scores:
-        batch, scores = policy.generate_and_score(prompt_ids, prompt_mask, generation, temperature, logits_processor)
+        batch, scores = policy.generate_and_score(
+            prompt_ids, prompt_mask, generation, temperature, logits_processor, keep_trunk=keep_trunk
+        )
     else:
         gen_ids, gen_mask = policy.generate(prompt_ids, prompt_mask, generation, logits_processor)
         batch = TokenBatch(prompt_ids, prompt_mask, gen_ids, gen_mask)

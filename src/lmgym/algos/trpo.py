@@ -102,6 +102,9 @@ def fisher_subsample(n: int, fraction: float) -> torch.Tensor:
 
 
 class TRPOTrainer(OnPolicyTrainer):
+    # The natural-gradient step (flat gradients, Fisher products, line search) is not averaged over ranks yet.
+    supports_data_parallel = False
+
     # --- setup: the optimizer holds only the critic; the policy moves by the natural-gradient step -----------
 
     def make_optimizer(self) -> torch.optim.Optimizer:

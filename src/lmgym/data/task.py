@@ -51,17 +51,18 @@ def register_task(name: str, description: str = "") -> Callable[[Callable[..., T
 
 def _ensure_builtin_tasks() -> None:
     # Importing the modules runs their @register_task decorators.
-    from lmgym.data.tasks import files, sentiment, toy  # noqa: F401
-
-    # GRUE tasks (hub loader + offline generator each).
+    # The GRUE tasks among them (imdb ... wmt16) each have a hub loader and an offline generator.
     from lmgym.data.tasks import (  # noqa: F401
         cnn_dailymail,
         commongen,
         dailydialog,
+        files,
         imdb,
         iwslt2017,
         narrativeqa,
+        sentiment,
         totto,
+        toy,
         wmt16,
     )
 

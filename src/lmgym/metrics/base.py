@@ -141,3 +141,23 @@ class RewardMetric(Metric):
         per_sample = [float(sum(s)) if isinstance(s, (list, tuple)) else float(s) for s in scores]
         corpus = sum(per_sample) / len(per_sample) if per_sample else float("nan")
         return {self.name: MetricValue(per_sample, corpus)}
+
+
+def availability(info: MetricInfo) -> tuple[bool, str]:
+    """Whether the metric can run here with its default options, and if not, what to supply.
+
+    Metrics whose options have no defaults (a classifier path, a reward model folder) are reported as
+    needing them."""
+    try:
+        metric = info.factory()
+    except TypeError:
+        return False, f"needs options: {info.requires or 'see its documentation'}"
+    except Exception as err:  # a default that cannot be built here (a missing bundled model, ...)
+        return False, str(err)
+    problem = metric.missing()
+    return (problem is None), (problem or "")
+
+
+def requirement(info: MetricInfo) -> str:
+    """What the metric needs, from its registration or its class."""
+    return info.requires or str(getattr(info.factory, "requires", "") or "")

@@ -123,7 +123,13 @@ def check_safetensors(folder: Path) -> None:
 
 
 def load_model(name: str, dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
-    """Load a model and its tokenizer, prepared for batched generation."""
+    """Load a model and its tokenizer, prepared for batched generation.
+
+    A LoRA adapter folder (``adapter_config.json``, as a LoRA run writes in ``final/adapter/``) loads its base
+    model (``base_model_name_or_path``) with the adapter merged in."""
+    adapter = Path(name).expanduser()
+    if (adapter / "adapter_config.json").exists() and not (adapter / "config.json").exists():
+        return _load_adapter(adapter, dtype, trust_remote_code)
     if name in ("tiny", "tiny-seq2seq"):
         model, tokenizer = tiny_model(seq2seq=name == "tiny-seq2seq")
         is_seq2seq = name == "tiny-seq2seq"
@@ -151,8 +157,27 @@ def load_model(name: str, dtype: str = "float32", trust_remote_code: bool = Fals
     return LoadedModel(model=model, tokenizer=tokenizer, is_seq2seq=is_seq2seq, source=source)
 
 
+def _load_adapter(folder: Path, dtype: str, trust_remote_code: bool) -> LoadedModel:
+    from peft import PeftModel
+
+    from lmgym.models.lora import adapter_base
+
+    base_name = adapter_base(folder)
+    if not base_name:
+        raise ModelLoadError(f"adapter folder {folder}: adapter_config.json names no base_model_name_or_path")
+    check_safetensors(folder)
+    base = load_model(base_name, dtype, trust_remote_code)
+    merged = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload()
+    return LoadedModel(model=merged, tokenizer=base.tokenizer, is_seq2seq=base.is_seq2seq, source=str(folder))
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Only the tokenizer of a model name (no weights are loaded, except to convert the bundled GGUF once)."""
+    adapter = Path(name).expanduser()
+    if (adapter / "adapter_config.json").exists() and not (adapter / "config.json").exists():
+        from lmgym.models.lora import adapter_base
+
+        return load_tokenizer(adapter_base(adapter) or name, trust_remote_code)
     if name in ("tiny", "tiny-seq2seq"):
         from lmgym.models.tiny import tiny_tokenizer
 

@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+
+from lmgym.models.lora import adapters_disabled, is_peft_model
+from lmgym.models.prefill import prefill_distinct_prompts
+from lmgym.models.trunk import (
+    TrunkStates,
+    can_start_from,
+    capture_block_input,
+    frozen_depth,
+    share_frozen,
+    start_at_block,
+    trunk_owners,
+)
 
 
 @dataclass
@@ -24,9 +36,22 @@ class TokenBatch:
     prompt_mask: torch.Tensor  # [B, P]
     gen_ids: torch.Tensor  # [B, G]
     gen_mask: torch.Tensor  # [B, G] 1 up to and including the first EOS
+    # The frozen bottom's output, kept from generation (models/trunk.py); None: passes start at the embeddings.
+    trunk: TrunkStates | None = field(default=None, repr=False)
 
     def index(self, idx: torch.Tensor) -> TokenBatch:
-        return TokenBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.gen_ids[idx], self.gen_mask[idx])
+        trunk = self.trunk.index(idx) if self.trunk is not None else None
+        return TokenBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.gen_ids[idx], self.gen_mask[idx], trunk)
+
+    def to(self, device: torch.device) -> TokenBatch:
+        """The batch on ``device`` (itself when it is already there, as on a CPU-only run)."""
+        if self.gen_ids.device == device and self.prompt_ids.device == device:
+            return self
+        trunk = self.trunk
+        if trunk is not None:
+            trunk = TrunkStates(trunk.states.to(device), trunk.depth, trunk.owners)
+        tensors = (self.prompt_ids, self.prompt_mask, self.gen_ids, self.gen_mask)
+        return TokenBatch(*(t.to(device) for t in tensors), trunk)
 
 
 @dataclass
@@ -56,6 +81,7 @@ def forward_generated(model: PreTrainedModel, is_seq2seq: bool, batch: TokenBatc
     that token, its hidden state feeds the value head.
     """
     G = batch.gen_ids.shape[1]
+    batch = batch.to(next(model.parameters()).device)
     with head_inputs(model) as hidden:
         if is_seq2seq:
             start = torch.full_like(batch.gen_ids[:, :1], model.config.decoder_start_token_id)
@@ -72,11 +98,19 @@ def forward_generated(model: PreTrainedModel, is_seq2seq: bool, batch: TokenBatc
         # Left padding shifts every position; HF's forward (unlike generate) does not
         # derive position ids from the mask, so pass them.
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        kwargs = {"logits_to_keep": G + 1} if getattr(model, "_supports_logits_to_keep", lambda: False)() else {}
-        out = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs
-        )
-    return out.logits[:, -(G + 1) : -1], hidden[-1][:, -(G + 1) : -1]
+        # The last token is never scored: the positions needed are the G before it. With the frozen bottom's
+        # states kept from generation (which stop before that token), the pass starts at the first trainable block.
+        from_trunk = can_start_from(model, batch.trunk)
+        if from_trunk:
+            input_ids, attention_mask, position_ids = input_ids[:, :-1], attention_mask[:, :-1], position_ids[:, :-1]
+        keep = G if from_trunk else G + 1
+        kwargs = {"logits_to_keep": keep} if getattr(model, "_supports_logits_to_keep", lambda: False)() else {}
+        with start_at_block(model, batch.trunk) if from_trunk else nullcontext():
+            out = model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs
+            )
+    logits, states = out.logits[:, -keep:], hidden[-1][:, -keep:]
+    return (logits, states) if from_trunk else (logits[:, :-1], states[:, :-1])
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -187,26 +221,44 @@ class Policy(nn.Module):
         generation: GenerationConfig,
         temperature: float = 1.0,
         logits_processor: LogitsProcessorList | None = None,
+        keep_trunk: bool = False,
+        share_prefill: bool = True,
     ) -> tuple[TokenBatch, Scores]:
         """Sample, and keep the logits and hidden states generation computed anyway, so
         the behaviour policy's log-probs and values cost no second forward pass.
 
         The logits are the model's raw ones (before any sampling processor); KV-cached
-        decoding matches a full forward pass to float rounding (~1e-6).
+        decoding matches a full forward pass to float rounding (~1e-6). With ``keep_trunk``
+        and a frozen bottom (models/trunk.py), the batch also keeps that bottom's output.
+        With ``share_prefill``, repeated prompts (k completions each) are prefilled once
+        (models/prefill.py).
         """
+        prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         generation = copy.deepcopy(generation)
         generation.return_dict_in_generate = True
         generation.output_logits = True
-        with head_inputs(self.model) as hidden:
+        depth = frozen_depth(self.model) if keep_trunk and not self.is_seq2seq else 0
+        capture = capture_block_input(self.model, depth) if depth else nullcontext([])
+        share = share_prefill and not self.is_seq2seq and not is_peft_model(self.model)
+        with head_inputs(self.model) as hidden, capture as kept:
+            prefilled = prefill_distinct_prompts(self.model, prompt_ids, prompt_mask) if share else None
+            if prefilled is not None and kept:
+                kept[0] = kept[0][prefilled[1]]  # the distinct prompts' states, out to every row
             out = self.model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
                 generation_config=generation,
                 logits_processor=logits_processor,
+                **({"past_key_values": prefilled[0]} if prefilled is not None else {}),
             )
         gen_ids = out.sequences[:, 1:] if self.is_seq2seq else out.sequences[:, prompt_ids.shape[1] :]
         G = gen_ids.shape[1]
-        batch = TokenBatch(prompt_ids, prompt_mask, gen_ids, self._mask(gen_ids))
+        trunk = None
+        if depth:
+            states = torch.cat(kept, dim=1)  # [B, P + G − 1, H]: the prefill, then one position per step
+            if states.shape[1] == prompt_ids.shape[1] + G - 1:
+                trunk = TrunkStates(states, depth, trunk_owners(self.model, depth))
+        batch = TokenBatch(prompt_ids, prompt_mask, gen_ids, self._mask(gen_ids), trunk)
         logits = torch.stack(out.logits[:G], dim=1)  # [B, G, V]
         states = torch.stack([h[:, -1] for h in hidden[:G]], dim=1)  # [B, G, H]
         return batch, self._scores(batch, logits, states, temperature, True, True, False)
@@ -223,6 +275,7 @@ class Policy(nn.Module):
         logits_processor: LogitsProcessorList | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample continuations; returns ``gen_ids`` [B, G] and ``gen_mask`` [B, G]."""
+        prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         out = self.model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
@@ -272,15 +325,67 @@ def generation_mask(
 
 
 class ReferenceModel(nn.Module):
-    """A frozen copy of the initial policy's language model."""
+    """The initial policy, frozen: a copy of the language model, or, for a LoRA (peft) model, the policy's
+    own module run with its adapters switched off (the base weights are shared, not copied)."""
 
     def __init__(self, model: PreTrainedModel, is_seq2seq: bool) -> None:
         super().__init__()
-        self.model = copy.deepcopy(model).eval()
-        self.model.requires_grad_(False)
         self.is_seq2seq = is_seq2seq
+        if is_peft_model(model):
+            # Kept out of this module's registry: the parameters belong to the policy (its adapters train).
+            self._shared = [model]
+        else:
+            self.model = copy.deepcopy(model).eval()
+            self.model.requires_grad_(False)
+
+    @property
+    def shares_base(self) -> bool:
+        return hasattr(self, "_shared")
+
+    def share_frozen_trunk(self, policy_model: PreTrainedModel) -> int:
+        """Use the policy's frozen embeddings and bottom blocks instead of copies (call after freezing, before
+        training): they never change, so this is the same reference in less memory, and it can start from the
+        policy's kept trunk states (models/trunk.py). Returns how many blocks are shared."""
+        return 0 if self.shares_base else share_frozen(self.model, policy_model)
+
+    @property
+    def lm(self) -> nn.Module:
+        """The module the reference runs (the LoRA policy's, with adapters off, when it shares the base)."""
+        return self._shared[0] if self.shares_base else self.model
 
     @torch.inference_mode()
     def logprobs(self, batch: TokenBatch, temperature: float = 1.0) -> torch.Tensor:
-        logits, _ = forward_generated(self.model, self.is_seq2seq, batch)
+        if self.shares_base:
+            with adapters_disabled(self._shared[0]):
+                logits, _ = forward_generated(self._shared[0], self.is_seq2seq, batch)
+        else:
+            logits, _ = forward_generated(self.model, self.is_seq2seq, batch)
         return logprobs_from_logits(logits.float() / temperature, batch.gen_ids)
+
+
+def gradient_checkpointing(model: nn.Module) -> None:
+    """Turn on activation checkpointing of the transformer blocks (used in the update's forward passes only)."""
+    # Non-reentrant: the frozen embeddings give the blocks inputs that do not require grad.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the newer name (transformers 5)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+@contextmanager
+def checkpointed_blocks(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Let checkpointing act inside the block: HF checkpoints a block only in training mode, and the policy
+    stays in eval mode (no dropout). Only the blocks' own flag is set (their submodules, dropout included,
+    stay in eval mode), and only for the update: generation keeps its KV cache."""
+    if not enabled:
+        yield
+        return
+    blocks = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+    for block in blocks:
+        block.training = True
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.training = False

@@ -1,0 +1,724 @@
+"""lmgym against TRL's GRPOTrainer, side by side: the same model, prompts, batch, reward and learning rate.
+
+Three sides, each in its own subprocess (so that their memory peaks do not mix):
+
+- ``trl-grpo``: ``trl.GRPOTrainer`` on the model (a copy is loaded as its reference, beta > 0);
+- ``lmgym-grpo``: lmgym's GRPO, the same objective (clipped ratio, k3 KL to the reference in the loss,
+  group-normalised rewards, token-level mean), on the same prompts in the same order;
+- ``lmgym-ppo``: lmgym's PPO with a value head on the shared trunk and the KL in the reward.
+
+Every side runs ``steps`` training steps. A step is generate + score + reward + update: ``completions``
+completions (``k`` per prompt for the GRPOs) of exactly ``new_tokens`` tokens each (min = max new tokens),
+then one optimizer step over all of them in micro-batches of ``micro_batch`` (gradients accumulated), so
+the samples, tokens, forward/backward passes and optimizer steps per step are equal. The same blocks are
+trainable on all sides (``trainable_layers``, embeddings frozen or not). From the steps' wall times and
+rewards come the ratios:
+
+- step ratios: median seconds per step (the first, warm-up step left out), lmgym / TRL;
+- time to reward: wall clock from the first step until the mean reward of the last 5 steps first reaches
+  ``reward_target``; where a side never gets there, the best such mean that TRL and lmgym's best side both
+  reach stands in (and is stated);
+- update peak fraction: the update's matmul FLOPs (estimated analytically, frozen blocks counted as forward
+  only) per second of the update phase over the fp32 ``torch.mm`` peak measured in the same process;
+- score forwards: forward passes of each model (policy, reference, critic) in the score phase, per batch;
+- memory: the peak RSS of the training steps (the kernel's high-water mark, reset once the models are
+  loaded) of lmgym's PPO over TRL's GRPO.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import torch
+
+from lmgym.bench.memory import current_rss_mib, peak_rss_mib, reset_peak_rss
+
+SIDES = ("trl-grpo", "lmgym-grpo", "lmgym-ppo")
+RESULT_KEYS = ("grpo_step_ratio", "ppo_step_ratio", "time_to_reward_ratio", "update_peak_fraction", "memory_ratio")
+REWARD_WINDOW = 5  # steps in the moving mean that time-to-reward watches
+
+
+class Gate:
+    """Turn-taking with the other sides: the comparison runs all sides at once but lets only one compute at a
+    time, step by step, so that a change in the machine's load falls on every side alike. A side waits for
+    its turn (one byte on ``go``) and hands it back (one byte on ``done``); without pipes it runs freely."""
+
+    def __init__(self, fds: str | None = None) -> None:
+        self.go, self.done = (int(fd) for fd in fds.split(",")) if fds else (None, None)
+
+    def wait(self) -> None:
+        if self.go is not None and not os.read(self.go, 1):
+            raise SystemExit("the comparison that started this side is gone")
+
+    def release(self) -> None:
+        if self.done is not None:
+            os.write(self.done, b".")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What both libraries are given; every field is set identically on every side."""
+
+    model: str = "smollm2-135m-instruct"  # lmgym name (bundled alias, folder or 'tiny'); TRL loads the same weights
+    steps: int = 30  # training steps per side
+    completions: int = 32  # completions generated and trained on per step
+    k: int = 4  # completions per prompt (the GRPO group; TRL's num_generations); PPO draws one per prompt
+    micro_batch: int = 16  # completions per forward/backward; completions / micro_batch are accumulated
+    new_tokens: int = 24  # every completion has exactly this many tokens (min_new_tokens = max_new_tokens)
+    lr: float = 2e-4  # AdamW learning rate, constant (the demo's, for its top-8-blocks setting)
+    beta: float = 0.04  # GRPO: weight of the k3 KL to the reference in the loss (TRL then loads a reference)
+    clip_range: float = 0.2  # ε of the clipped ratio (TRL's epsilon)
+    max_grad_norm: float = 1.0
+    trainable_layers: int | None = 8  # train the top N transformer blocks (None: all), as configs/demo.yaml
+    freeze_embeddings: bool = True  # input embeddings / LM head frozen, as configs/demo.yaml
+    max_prompt_tokens: int = 64
+    threads: int = 2  # torch CPU threads on every side
+    seed: int = 0
+    reward_target: float = 0.5  # time to reward: the moving mean reward to reach
+    matmul_size: int = 2048  # side of the square matrices of the fp32 peak measurement
+
+    def __post_init__(self) -> None:
+        if self.completions % self.k:
+            raise ValueError(f"completions ({self.completions}) must be a multiple of k ({self.k})")
+        if self.completions % self.micro_batch:
+            raise ValueError(f"completions ({self.completions}) must be a multiple of micro_batch ({self.micro_batch})")
+        if self.k < 2:
+            raise ValueError(f"k must be at least 2 (GRPO's group), got {self.k}")
+        if self.steps < 2:
+            raise ValueError(f"steps must be at least 2 (the first is a warm-up), got {self.steps}")
+
+    @property
+    def accumulation(self) -> int:
+        return self.completions // self.micro_batch
+
+    def cli_args(self) -> list[str]:
+        """These settings as command-line flags of ``python -m lmgym.bench.vs_trl``."""
+        out: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, bool):
+                out.append(flag if value else "--no-" + flag[2:])
+            else:
+                out += [flag, "none" if value is None else str(value)]
+        return out
+
+
+# --- the prompts: lmgym's own schedule, handed to TRL in the same order -------------------------------------
+
+
+def prompt_schedule(settings: Settings, k: int) -> list[list[str]]:
+    """The prompts of each step, as lmgym's on-policy loop draws them (``completions / k`` per step)."""
+    from lmgym.algos.onpolicy import prompt_indices
+    from lmgym.data.task import load_task
+
+    train = load_task("sentiment").split("train")
+    per_step = settings.completions // k
+    return [
+        [train[i].prompt for i in prompt_indices(len(train), per_step, step, settings.seed)]
+        for step in range(1, settings.steps + 1)
+    ]
+
+
+# --- FLOPs of the update with frozen blocks -------------------------------------------------------------------
+
+
+def _attn_width(model: torch.nn.Module) -> int:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = cfg.num_attention_heads
+    return heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+
+
+def update_flops(
+    model: torch.nn.Module,
+    rows: int,
+    prompt_len: int,
+    gen_len: int,
+    head_positions: int,
+    value_head_params: int = 0,
+    skipped_blocks: int = 0,
+) -> float:
+    """Matmul FLOPs of forward + backward of a causal LM over ``rows`` sequences of prompt_len + gen_len tokens,
+    counting what actually runs when only some blocks train.
+
+    A weight applied to T tokens costs 2·T per parameter forward, 2·T for the input gradient and 2·T for its
+    own gradient. Blocks below the lowest trainable one run forward only (no gradient flows there); blocks
+    from it up need input gradients, and weight gradients where they train. Attention's S×S matmuls cost
+    4·S²·width per row and layer forward and twice that backward. The LM head is applied at
+    ``head_positions`` positions per row (logits_to_keep); the value head, trained, at gen_len. The bottom
+    ``skipped_blocks`` do not run at all when the pass starts from states kept during generation
+    (models/trunk.py); the sequence is then one token shorter (the last is never scored).
+    (bench/speed.py's estimate is the all-trainable case of this one.)
+    """
+    from lmgym.models.policy import transformer_blocks
+
+    S = prompt_len + gen_len
+    tokens = rows * S
+    blocks = [block for stack in transformer_blocks(model) for block in stack]
+    trains = [any(p.requires_grad for p in block.parameters()) for block in blocks]
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    lowest = 0 if embedding.requires_grad else next((i for i, t in enumerate(trains) if t), len(blocks))
+    attention = 4 * S * S * _attn_width(model) * rows
+    total = 0.0
+    for i, (block, trainable) in enumerate(zip(blocks, trains, strict=True)):
+        params = sum(p.numel() for p in block.parameters())
+        if i < skipped_blocks:
+            continue
+        if i < lowest:
+            total += 2 * params * tokens + attention
+        else:
+            total += (6 if trainable else 4) * params * tokens + 3 * attention
+    in_blocks = {id(p) for block in blocks for p in block.parameters()} | {id(embedding), id(head)}
+    rest = sum(p.numel() for p in model.parameters() if id(p) not in in_blocks)  # final norm etc.
+    total += (6 if lowest < len(blocks) else 2) * rest * tokens
+    head_cost = 6 if head.requires_grad else (4 if lowest < len(blocks) else 2)
+    total += head_cost * head.numel() * rows * head_positions
+    total += 6 * value_head_params * rows * gen_len
+    return float(total)
+
+
+# --- the lmgym sides ------------------------------------------------------------------------------------------
+
+
+def lmgym_overrides(settings: Settings, algo: str, run_dir: str) -> list[str]:
+    s = settings
+    out = [
+        "task=sentiment",
+        f"model.name={s.model}",
+        f"model.max_prompt_tokens={s.max_prompt_tokens}",
+        f"model.freeze_embeddings={str(s.freeze_embeddings).lower()}",
+        f"model.trainable_layers={'null' if s.trainable_layers is None else s.trainable_layers}",
+        f"algo={algo}",
+        f"iterations={s.steps}",
+        f"seed={s.seed}",
+        f"threads={s.threads}",
+        f"rollout.batch_size={s.completions}",
+        f"generation.max_new_tokens={s.new_tokens}",
+        f"generation.min_new_tokens={s.new_tokens}",
+        "generation.temperature=1.0",
+        "generation.top_k=0",
+        "generation.top_p=1.0",
+        f"{algo}.lr={s.lr}",
+        f"{algo}.max_grad_norm={s.max_grad_norm}",
+        f"{algo}.clip_range={s.clip_range}",
+        f"{algo}.epochs=1",
+        f"{algo}.minibatch_size={s.completions}",  # one optimizer step per rollout, as TRL's on-policy step
+        f"accelerate.grad_accumulation_steps={s.accumulation}",
+        f"run_dir={run_dir}",
+        f"name=vs-trl-{algo}",
+        "eval.num_prompts=4",
+        "checkpoint.every=0",
+    ]
+    if algo == "grpo":
+        out += [f"grpo.k={s.k}", f"grpo.beta={s.beta}", "grpo.scale_rewards=true"]
+    else:  # the demo's PPO: value head on the shared trunk, adaptive KL in the reward
+        out += ["model.value_head=shared", "kl.controller=adaptive", "kl.coef=0.05", "kl.target=4.0", "kl.horizon=512"]
+    return out
+
+
+class _ForwardCounter:
+    """Counts forward calls of named modules outside ``generate`` while ``active``."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], generating: list[bool]) -> None:
+        self.counts = dict.fromkeys(modules, 0)
+        self.active = False
+        self._generating = generating
+        for name, module in modules.items():
+            module.register_forward_pre_hook(self._hook(name))
+
+    def _hook(self, name: str):
+        def hook(_module, _args):
+            if self.active and not self._generating[0]:
+                self.counts[name] += 1
+
+        return hook
+
+
+def _instrumented(trainer_cls: type) -> type:
+    """``trainer_cls`` recording, per step, the update's shapes (for the FLOP estimate) and the forward passes
+    of each model in the rollout outside generation (the score phase)."""
+
+    class Instrumented(trainer_cls):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.update_log: list[dict[str, int]] = []
+            self.score_forwards: list[dict[str, int]] = []
+            self._rows = 0
+            generating = [False]
+            model = self.policy.model
+            generate = model.generate
+
+            def flagged_generate(*a: Any, **kw: Any) -> Any:
+                generating[0] = True
+                try:
+                    return generate(*a, **kw)
+                finally:
+                    generating[0] = False
+
+            model.generate = flagged_generate
+            modules = {"policy": model, "reference": self.reference.lm}
+            if self.policy.critic is not None:
+                modules["critic"] = self.policy.critic
+            self._counter = _ForwardCounter(modules, generating)
+
+        def rollout(self, samples):
+            self._counter.counts = dict.fromkeys(self._counter.counts, 0)
+            self._counter.active = True
+            try:
+                out = super().rollout(samples)
+            finally:
+                self._counter.active = False
+            self.score_forwards.append(dict(self._counter.counts))
+            return out
+
+        def minibatches(self, n: int) -> list[torch.Tensor]:
+            batches = super().minibatches(n)
+            self._rows += sum(len(idx) for idx in batches)
+            return batches
+
+        def update(self, rollout, advantages, returns):
+            self._rows = 0
+            stats = super().update(rollout, advantages, returns)
+            trunk = rollout.batch.trunk
+            self.update_log.append(
+                {
+                    "rows": self._rows,
+                    # A pass from kept trunk states leaves out the last token (never scored).
+                    "prompt_len": int(rollout.batch.prompt_ids.shape[1]) - (trunk is not None),
+                    "gen_len": int(rollout.batch.gen_ids.shape[1]),
+                    "skipped_blocks": trunk.depth if trunk is not None else 0,
+                }
+            )
+            return stats
+
+    Instrumented.__name__ = f"Instrumented{trainer_cls.__name__}"
+    return Instrumented
+
+
+def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> dict[str, Any]:
+    """Train ``steps`` steps of lmgym's ``algo``; per-step seconds, phases and rewards, update FLOPs, peaks."""
+    gate = gate or Gate()
+    import io
+
+    from rich.console import Console
+
+    from lmgym.algos import get_trainer
+    from lmgym.bench.speed import matmul_peak_gflops
+    from lmgym.config import load_config
+
+    with tempfile.TemporaryDirectory(prefix="lmgym-vs-trl-") as run_dir:
+        config = load_config(None, lmgym_overrides(settings, algo, run_dir))
+        load_start = time.perf_counter()
+        trainer = _instrumented(get_trainer(algo))(config, overwrite=True, console=Console(file=io.StringIO()))
+        load_seconds = time.perf_counter() - load_start
+        rss_loaded = current_rss_mib()
+        reset_peak_rss()
+        gate.release()  # loaded
+        steps: list[dict[str, Any]] = []
+        for step in range(1, settings.steps + 1):
+            gate.wait()
+            t0 = time.perf_counter()
+            record = trainer.step(step)
+            seconds = time.perf_counter() - t0
+            gate.release()
+            steps.append(
+                {
+                    "seconds": seconds,
+                    "reward": record["reward/task"],
+                    "kl": record["kl"],
+                    **{f"seconds_{p}": record[f"time/{p}"] for p in ("generate", "score", "reward", "update")},
+                }
+            )
+        peak_rss = peak_rss_mib()
+        gate.wait()
+        peak = matmul_peak_gflops(settings.matmul_size)
+        gate.release()
+        model = trainer.policy.model
+        head = trainer.policy.value_head
+        value_params = sum(p.numel() for p in head.parameters()) if head is not None else 0
+        keeps = getattr(model, "_supports_logits_to_keep", lambda: False)()  # logits at G + 1 positions only
+        flops = [
+            update_flops(
+                model,
+                u["rows"],
+                u["prompt_len"],
+                u["gen_len"],
+                head_positions=(u["gen_len"] + (not u["skipped_blocks"])) if keeps else u["prompt_len"] + u["gen_len"],
+                value_head_params=value_params,
+                skipped_blocks=u["skipped_blocks"],
+            )
+            for u in trainer.update_log
+        ]
+        trainable = sum(p.numel() for p in trainer.policy.parameters() if p.requires_grad)
+        return {
+            "side": f"lmgym-{algo}",
+            "threads": torch.get_num_threads(),
+            "load_seconds": load_seconds,
+            "steps": steps,
+            "update_flops": flops,
+            "score_forwards": trainer.score_forwards,
+            "matmul_peak_gflops": peak,
+            "rss_loaded_mib": rss_loaded,
+            "peak_rss_mib": peak_rss,
+            "trainable_params": trainable,
+            "rollback_snapshots": config.guards.rollback,
+        }
+
+
+# --- the TRL side ---------------------------------------------------------------------------------------------
+
+
+def trl_grpo_config_kwargs(settings: Settings, output_dir: str) -> dict[str, Any]:
+    """GRPOConfig arguments equal to lmgym's settings (fp32 on the CPU, constant lr, one generation and one
+    optimizer step per step: no separate old-log-prob pass, as in lmgym)."""
+    s = settings
+    return {
+        "output_dir": output_dir,
+        "use_cpu": True,
+        "bf16": False,
+        "fp16": False,
+        "seed": s.seed,
+        "max_steps": s.steps,
+        "learning_rate": s.lr,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": s.max_grad_norm,
+        "per_device_train_batch_size": s.micro_batch,
+        "gradient_accumulation_steps": s.accumulation,
+        "num_generations": s.k,
+        "num_iterations": 1,
+        "max_completion_length": s.new_tokens,
+        "generation_kwargs": {"min_new_tokens": s.new_tokens},
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "beta": s.beta,
+        "epsilon": s.clip_range,
+        "scale_rewards": "group",
+        "loss_type": "dapo",  # token-level mean over the batch's completion tokens, as lmgym's masked mean
+        # Activation checkpointing (TRL's default) trades ~30% more compute for memory; lmgym runs without it,
+        # so TRL does too: the comparison is of speed at equal work.
+        "gradient_checkpointing": False,
+        "disable_dropout": True,  # lmgym keeps the policy in eval mode
+        "shuffle_dataset": False,  # the prompts come in lmgym's order
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "log_completions": False,
+    }
+
+
+def _trl_model_path(name: str, tmp: str) -> str:
+    """A folder the TRL side loads the policy from (and, by config name, its reference)."""
+    from lmgym.models.loading import load_model, resolve_model_path
+
+    if name in ("tiny", "tiny-seq2seq"):
+        loaded = load_model(name)
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        return tmp
+    return resolve_model_path(name)
+
+
+def run_trl_side(settings: Settings, gate: Gate | None = None) -> dict[str, Any]:
+    import datasets
+    import transformers
+    import trl
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from lmgym.bench.speed import matmul_peak_gflops
+    from lmgym.data.task import load_task
+    from lmgym.models.loading import load_tokenizer
+    from lmgym.models.policy import freeze
+
+    torch.set_num_threads(settings.threads)
+    transformers.logging.set_verbosity_error()
+    reward = load_task("sentiment").reward
+
+    def vader_reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        """lmgym's sentiment reward (VADER compound of the continuation) in TRL's reward_funcs signature."""
+        n = len(prompts)
+        return [float(x) for x in reward(prompts, completions, [[] for _ in range(n)], [{} for _ in range(n)])]
+
+    prompts = [p for step in prompt_schedule(settings, settings.k) for p in step]
+    dataset = datasets.Dataset.from_dict({"prompt": prompts})
+
+    gate = gate or Gate()
+
+    class Clock(TrainerCallback):
+        """A step runs from on_step_begin (before generation, which TRL does in its first micro-batch's
+        training_step) to on_step_end (after the optimizer step)."""
+
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+            self.ends: list[float] = []
+            self.rewards: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            reset_peak_rss()
+            gate.release()  # loaded
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            gate.wait()
+            self.starts.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+            gate.release()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "reward" in logs:
+                self.rewards.append(float(logs["reward"]))
+
+    with tempfile.TemporaryDirectory(prefix="lmgym-vs-trl-") as tmp:
+        load_start = time.perf_counter()
+        path = _trl_model_path(settings.model, os.path.join(tmp, "model"))
+        tokenizer = load_tokenizer(path if settings.model in ("tiny", "tiny-seq2seq") else settings.model)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+        freeze(model, settings.freeze_embeddings, settings.trainable_layers)
+        config = trl.GRPOConfig(**trl_grpo_config_kwargs(settings, os.path.join(tmp, "out")))
+        clock = Clock()
+        trainer = trl.GRPOTrainer(
+            model=model,
+            reward_funcs=vader_reward,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[clock],
+        )
+        load_seconds = time.perf_counter() - load_start
+        rss_loaded = current_rss_mib()
+        trainer.train()
+        peak_rss = peak_rss_mib()
+        gate.wait()
+        peak = matmul_peak_gflops(settings.matmul_size)
+        gate.release()
+        if len(clock.rewards) != settings.steps or len(clock.ends) != settings.steps:
+            raise RuntimeError(
+                f"TRL ran {len(clock.ends)} steps and logged {len(clock.rewards)} rewards; expected {settings.steps}"
+            )
+        steps = [
+            {"seconds": end - start, "reward": r}
+            for start, end, r in zip(clock.starts, clock.ends, clock.rewards, strict=True)
+        ]
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        return {
+            "side": "trl-grpo",
+            "threads": torch.get_num_threads(),
+            "load_seconds": load_seconds,
+            "steps": steps,
+            "matmul_peak_gflops": peak,
+            "rss_loaded_mib": rss_loaded,
+            "peak_rss_mib": peak_rss,
+            "trainable_params": trainable,
+            "has_reference": trainer.ref_model is not None,
+            "trl_version": trl.__version__,
+            "transformers_version": transformers.__version__,
+        }
+
+
+def run_side(settings: Settings, side: str, gate: Gate | None = None) -> dict[str, Any]:
+    if side == "trl-grpo":
+        return run_trl_side(settings, gate)
+    if side in ("lmgym-grpo", "lmgym-ppo"):
+        return run_lmgym_side(settings, side.removeprefix("lmgym-"), gate)
+    raise ValueError(f"unknown side {side!r}; choose from {', '.join(SIDES)}")
+
+
+# --- the comparison -------------------------------------------------------------------------------------------
+
+
+def side_command(settings: Settings, side: str, out: str | None = None) -> list[str]:
+    """The command line that runs one side on its own (the comparison adds --gate to take turns)."""
+    cmd = [sys.executable, "-m", "lmgym.bench.vs_trl", "--side", side, *settings.cli_args()]
+    return [*cmd, "--out", out] if out else cmd
+
+
+def run_sides_interleaved(
+    settings: Settings, log_dir: Path, sides: tuple[str, ...] = SIDES, on_step: Any = None
+) -> dict[str, dict[str, Any]]:
+    """Start every side in its own subprocess, let them load, then give them turns: step 1 of each side,
+    step 2 of each, ... (the order rotating), and last each one's matmul peak measurement. Only one side
+    computes at any time; ``on_step(step)`` is called after each round."""
+    procs: dict[str, tuple[subprocess.Popen, int, int, Path]] = {}
+    try:
+        for side in sides:
+            go_read, go_write = os.pipe()
+            done_read, done_write = os.pipe()
+            out = log_dir / f"{side}.json"
+            out.unlink(missing_ok=True)
+            cmd = [*side_command(settings, side, str(out)), "--gate", f"{go_read},{done_write}"]
+            log = (log_dir / f"{side}.log").open("w")
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, pass_fds=(go_read, done_write))
+            log.close()
+            os.close(go_read)
+            os.close(done_write)
+            procs[side] = (proc, go_write, done_read, out)
+
+        def wait_done(side: str) -> None:
+            proc, _, done_read, _ = procs[side]
+            if not os.read(done_read, 1):  # the side exited instead of handing back its turn
+                proc.wait()
+                tail = "\n".join((log_dir / f"{side}.log").read_text(errors="replace").splitlines()[-30:])
+                raise RuntimeError(f"side {side} failed (exit {proc.returncode}): {shlex.join(proc.args)}\n{tail}")
+
+        def turn(side: str) -> None:
+            os.write(procs[side][1], b".")
+            wait_done(side)
+
+        for side in sides:  # loaded
+            wait_done(side)
+        for step in range(settings.steps):
+            for j in range(len(sides)):
+                turn(sides[(step + j) % len(sides)])
+            if on_step is not None:
+                on_step(step + 1)
+        for side in sides:  # the matmul peak, one side at a time
+            turn(side)
+        results = {}
+        for side, (proc, _, _, out) in procs.items():
+            if proc.wait() != 0:
+                raise RuntimeError(f"side {side} failed (exit {proc.returncode}); see {log_dir / (side + '.log')}")
+            results[side] = json.loads(out.read_text())
+        return results
+    finally:
+        for proc, go_write, done_read, _ in procs.values():
+            for fd in (go_write, done_read):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def moving_means(rewards: list[float], window: int = REWARD_WINDOW) -> list[float | None]:
+    """Mean of the last ``window`` rewards at each step (None until ``window`` steps have run)."""
+    return [None if i + 1 < window else sum(rewards[i + 1 - window : i + 1]) / window for i in range(len(rewards))]
+
+
+def time_to_level(steps: list[dict[str, Any]], level: float) -> float | None:
+    """Seconds from the first step's start until the moving mean reward first reaches ``level``."""
+    elapsed = 0.0
+    for step, mean in zip(steps, moving_means([s["reward"] for s in steps]), strict=True):
+        elapsed += step["seconds"]
+        if mean is not None and mean >= level:
+            return elapsed
+    return None
+
+
+def best_level(steps: list[dict[str, Any]]) -> float:
+    means = [m for m in moving_means([s["reward"] for s in steps]) if m is not None]
+    return max(means) if means else -math.inf
+
+
+def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """The five ratios (and what they are made of) from the sides' results."""
+    trl, grpo, ppo = results["trl-grpo"], results["lmgym-grpo"], results["lmgym-ppo"]
+
+    def step_seconds(r: dict[str, Any]) -> float:
+        return median(s["seconds"] for s in r["steps"][1:])
+
+    # Time to reward: the target, or else the best moving mean that TRL and lmgym's best side both reach.
+    ours = {"lmgym-grpo": grpo, "lmgym-ppo": ppo}
+    level, stated = settings.reward_target, "target"
+    lmgym_reaches = any(time_to_level(r["steps"], level) is not None for r in ours.values())
+    if time_to_level(trl["steps"], level) is None or not lmgym_reaches:
+        level = min(best_level(trl["steps"]), max(best_level(r["steps"]) for r in ours.values()))
+        stated = "best level both reach"
+    reached = {name: time_to_level(r["steps"], level) for name, r in ours.items()}
+    reached = {name: t for name, t in reached.items() if t is not None}
+    best_side = min(reached, key=reached.get) if reached else None
+    trl_time = time_to_level(trl["steps"], level)
+    ttr_ratio = reached[best_side] / trl_time if best_side and trl_time else float("nan")
+
+    def peak_fraction(r: dict[str, Any]) -> float:
+        timed = r["steps"][1:]
+        gflops = sum(r["update_flops"][1:]) / sum(s["seconds_update"] for s in timed) / 1e9
+        return gflops / r["matmul_peak_gflops"]
+
+    fractions = {name: peak_fraction(r) for name, r in ours.items()}
+    forwards = {
+        name: max(max(c.values()) for c in r["score_forwards"]) for name, r in ours.items()
+    }  # the most forward passes any one model made in one score phase
+    return {
+        "grpo_step_ratio": step_seconds(grpo) / step_seconds(trl),
+        "ppo_step_ratio": step_seconds(ppo) / step_seconds(trl),
+        "time_to_reward_ratio": ttr_ratio,
+        # The lower of lmgym's two update phases (PPO's also trains the value head).
+        "update_peak_fraction": min(fractions.values()),
+        "memory_ratio": ppo["peak_rss_mib"] / trl["peak_rss_mib"],
+        "details": {
+            "seconds_per_step": {name: step_seconds(r) for name, r in results.items()},
+            "time_to_reward": {
+                "level": level,
+                "level_is": stated,
+                "window": REWARD_WINDOW,
+                "best_lmgym_side": best_side,
+                "seconds": {"trl-grpo": trl_time, **reached},
+                "best_moving_mean": {name: best_level(r["steps"]) for name, r in results.items()},
+            },
+            "update_peak_fraction": fractions,
+            "matmul_peak_gflops": {name: r["matmul_peak_gflops"] for name, r in results.items()},
+            "score_forwards_per_model_max": forwards,
+            "peak_rss_mib": {name: r["peak_rss_mib"] for name, r in results.items()},
+        },
+    }
+
+
+def phase_profile(result: dict[str, Any]) -> dict[str, float]:
+    """Median seconds per phase of an lmgym side's timed steps."""
+    timed = result["steps"][1:]
+    return {p: median(s[f"seconds_{p}"] for s in timed) for p in ("generate", "score", "reward", "update")}
+
+
+def settings_from_argv(argv: list[str] | None = None) -> tuple[Settings, Any]:
+    import argparse
+
+    defaults = Settings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif f.name == "trainable_layers":
+            parser.add_argument(flag, type=lambda v: None if v.lower() == "none" else int(v), default=default)
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+    parser.add_argument("--side", choices=SIDES, help="run one side only (what the comparison runs per subprocess)")
+    parser.add_argument("--out", help="--side: write its result as JSON here; comparison: a folder for logs/results")
+    parser.add_argument("--gate", help=argparse.SUPPRESS)  # "go,done" pipe fds: take turns with the other sides
+    args = parser.parse_args(argv)
+    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+    return settings, args
+
+
+def _child_main(argv: list[str] | None = None) -> None:
+    settings, args = settings_from_argv(argv)
+    if args.side is None:
+        raise SystemExit("python -m lmgym.bench.vs_trl runs one side: give --side (benchmarks/vs_trl.py compares)")
+    result = {"settings": asdict(settings), **run_side(settings, args.side, Gate(args.gate))}
+    text = json.dumps(result)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -1,0 +1,109 @@
+"""Pieces the GRUE task modules share: split sizes, seeded subsets, row → Sample conversion with errors
+that name the row, and rewards built lazily from the metric registry."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from lmgym.data.hub import DataFormatError, Rows
+from lmgym.data.sample import Sample
+from lmgym.rewards.base import Reward
+from lmgym.rewards.compose import Affine, LazyReward, WeightedSum  # noqa: F401  (composition lives in rewards/)
+
+log = logging.getLogger(__name__)
+
+OUR_SPLITS = ("train", "val", "test")
+
+
+def resolve_sizes(
+    n_train: int | None, n_val: int | None, n_test: int | None, offline_defaults: tuple[int, int, int], offline: bool
+) -> dict[str, int | None]:
+    """Requested split sizes; ``None`` means all rows of a hub split and the task's default size offline."""
+    sizes = dict(zip(OUR_SPLITS, (n_train, n_val, n_test), strict=True))
+    for split, size in sizes.items():
+        if size is not None and size < 1:
+            raise ValueError(f"n_{split} must be >= 1, got {size}")
+    if offline:
+        return {s: (n if n is not None else d) for (s, n), d in zip(sizes.items(), offline_defaults, strict=True)}
+    return sizes
+
+
+def offline_counts(sizes: dict[str, int | None], defaults: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Rows the offline generator makes per split: the asked size, else the default."""
+    return tuple(sizes[s] if sizes[s] is not None else d for s, d in zip(OUR_SPLITS, defaults, strict=True))  # type: ignore[return-value]
+
+
+def take(rows: Rows, n: int | None, seed: int) -> Rows:
+    """``n`` rows chosen with a seeded draw (kept in their original order); all of them when ``n`` is None.
+
+    Drawing instead of slicing matters on the hub: some splits are sorted (IMDB's train split holds all
+    negative reviews first)."""
+    if n is None or n >= len(rows):
+        return rows
+    return rows.select(sorted(random.Random(seed).sample(range(len(rows)), n)))
+
+
+def carve(rows: Rows, n_held_out: int, seed: int) -> tuple[Rows, Rows]:
+    """Split ``rows`` into (rest, held-out) with a seeded permutation, for hub datasets without a split."""
+    if n_held_out >= len(rows):
+        raise DataFormatError(f"{rows.origin}: {len(rows)} rows cannot spare {n_held_out} for a held-out split")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return rows.select(sorted(order[n_held_out:])), rows.select(sorted(order[:n_held_out]))
+
+
+def to_samples(
+    rows: Rows, task: str, split: str, convert: Callable[[dict[str, Any], str, int], Sample | list[Sample] | None]
+) -> list[Sample]:
+    """Convert every row; ``convert(row, origin, index)`` returns a Sample, several, or None to skip the row.
+
+    Missing or malformed fields raise `DataFormatError` naming the file (or hub split), row and field."""
+    samples: list[Sample] = []
+    for index, row in enumerate(rows):
+        try:
+            out = convert(row, rows.origin, index)
+        except DataFormatError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise DataFormatError(f"{rows.origin} row {index}: malformed row for task {task!r} ({err!r})") from err
+        if out is None:
+            continue
+        samples += out if isinstance(out, list) else [out]
+    if not samples:
+        raise DataFormatError(f"{rows.origin}: no usable rows for task {task!r} split {split!r}")
+    return [
+        Sample(id=f"{task}-{split}-{i:05d}", prompt=s.prompt, references=s.references, meta=s.meta)
+        for i, s in enumerate(samples)
+    ]
+
+
+def describe_source(task: str, source: str) -> str:
+    log.info("task %r: data from %s", task, source)
+    return "offline generator" if source == "offline" else source
+
+
+# --- rewards built from the metric registry on first use --------------------------------------------
+
+
+def metric_reward(metric: str, key: str | None = None, scale: float = 1.0, offset: float = 0.0, **options: Any):
+    """``offset + scale · metric[key]`` per sample, from the registry (``lmgym metrics`` lists the names).
+
+    ``scale``/``offset`` turn an error rate into a reward (1 − TER: ``scale=-1, offset=1``)."""
+
+    def build() -> Reward:
+        from lmgym.metrics.base import MetricReward, load_metric
+
+        inner = MetricReward(load_metric(metric, **options), key)
+        return inner if (scale, offset) == (1.0, 0.0) else Affine(inner, scale, offset)
+
+    return LazyReward(key or metric, build)
+
+
+def choose(kind: str, value: str, options: dict[str, Callable[[], Reward]]) -> Reward:
+    """The reward named ``value`` among a task's ``options``, with a clear error otherwise."""
+    if value not in options:
+        raise ValueError(f"task_args.{kind} must be one of {', '.join(options)}, got {value!r}")
+    return options[value]()

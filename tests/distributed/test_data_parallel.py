@@ -1,0 +1,121 @@
+"""Data parallelism on this CPU: two processes (torchrun, gloo) against one process on the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SCRIPT = Path(__file__).with_name("dp_train.py")
+
+# Greedy decoding and min_new_tokens = max_new_tokens make the rollout independent of how the prompts are
+# split (every completion has the same token count), so the mean gradient of two half batches equals the
+# gradient of the whole batch. Whitening, the adaptive KL controller and the logged statistics must then
+# use the global batch for the two runs to agree.
+COMMON = [
+    "task=toy",
+    "model=tiny",
+    "threads=1",
+    "iterations=3",
+    "rollout.batch_size=8",
+    "ppo.minibatch_size=8",
+    "ppo.epochs=2",
+    "ppo.lr=3e-3",
+    "kl.controller=adaptive",
+    "kl.target=0.5",
+    "kl.horizon=40",
+    "generation.do_sample=false",
+    "generation.max_new_tokens=6",
+    "generation.min_new_tokens=6",
+    "eval.num_prompts=4",
+    "eval.batch_size=4",
+    "checkpoint.every=2",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(out: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
+    out.mkdir(parents=True, exist_ok=True)
+    args = [str(out), f"run_dir={out / 'runs'}", "name=run", *COMMON, *extra]
+    if nproc == 1:
+        cmd = [sys.executable, str(SCRIPT), *args]
+    else:
+        launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+        cmd = [sys.executable, *launcher, str(SCRIPT), *args]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("dp")
+    run(root / "two", 2)
+    run(root / "one", 1)
+    return root / "two", root / "one"
+
+
+def test_two_ranks_end_with_identical_parameters(runs: tuple[Path, Path]) -> None:
+    two, _ = runs
+    info = json.loads((two / "rank1.json").read_text())
+    assert info["world_size"] == 2
+    rank0, rank1 = load_file(str(two / "rank0.safetensors")), load_file(str(two / "rank1.safetensors"))
+    assert rank0.keys() == rank1.keys() and rank0
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+
+
+def test_two_ranks_match_one_process_on_the_same_global_batch(runs: tuple[Path, Path]) -> None:
+    two, one = runs
+    initial = json.loads((one / "rank0.json").read_text())
+    assert initial["world_size"] == 1
+    dp, single = load_file(str(two / "rank0.safetensors")), load_file(str(one / "rank0.safetensors"))
+    assert dp.keys() == single.keys()
+    for name in single:
+        torch.testing.assert_close(dp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
+    # The runs trained: the value head (zero at the start) is far from zero.
+    assert float(single["value_head.weight"].abs().max()) > 1e-3
+    # The logged statistics are those of the global batch on the main process.
+    h2 = json.loads((two / "rank0.json").read_text())["history"]
+    h1 = initial["history"]
+    for key in ("reward/task", "kl", "kl_coef", "entropy", "explained_var", "loss/policy", "loss/value"):
+        assert [r[key] for r in h2] == pytest.approx([r[key] for r in h1], rel=1e-4, abs=1e-6), key
+
+
+def test_main_process_alone_writes_the_run(runs: tuple[Path, Path]) -> None:
+    two, _ = runs
+    run_dir = two / "runs" / "run"
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    train_lines = [json.loads(line) for line in lines if json.loads(line)["kind"] == "train"]
+    assert [r["iteration"] for r in train_lines] == [1, 2, 3]  # once each, not once per rank
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-2", "step-3"]
+    assert (run_dir / "final" / "config.json").exists()
+
+
+def test_resume_with_another_number_of_processes(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A checkpoint of the two-process run continues in one process, as the one-process run did."""
+    two, one = runs
+    out = tmp_path / "resumed"
+    shutil.copytree(two / "runs", out / "runs")
+    # Without the last checkpoint the resume starts from step-2 and redoes iteration 3.
+    shutil.rmtree(out / "runs" / "run" / "checkpoints" / "step-3")
+    run(out, 1, "--resume")
+    assert json.loads((out / "rank0.json").read_text())["start_iteration"] == 3
+    resumed, single = load_file(str(out / "rank0.safetensors")), load_file(str(one / "rank0.safetensors"))
+    for name in single:
+        torch.testing.assert_close(resumed[name], single[name], rtol=1e-4, atol=1e-5, msg=name)

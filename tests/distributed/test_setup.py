@@ -1,0 +1,60 @@
+"""Checks made before a data-parallel run starts, and the one-process helpers (which must do nothing)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lmgym.algos.onpolicy import OnPolicyTrainer
+from lmgym.config import ConfigError, load_config
+from lmgym.distributed import Distributed, DistributedError
+
+
+def check(world: int, *overrides: str, k: int = 1, supported: bool = True) -> None:
+    config = load_config(None, list(overrides))
+    fake = SimpleNamespace(
+        dist=Distributed(world_size=world),
+        config=config,
+        samples_per_prompt=k,
+        algo_config=getattr(config, config.algo),
+        supports_data_parallel=supported,
+    )
+    OnPolicyTrainer.check_data_parallel(fake)
+
+
+def test_the_global_batch_must_split_over_the_processes() -> None:
+    check(4, "rollout.batch_size=16", "ppo.minibatch_size=8")
+    with pytest.raises(ConfigError, match=r"rollout.batch_size=12 gives 12 prompts .* multiple of 8"):
+        check(8, "rollout.batch_size=12")
+    # Group algorithms split prompts: 16 completions of k=4 are 4 prompts, too few for 8 processes.
+    with pytest.raises(ConfigError, match="gives 4 prompts"):
+        check(8, "algo=grpo", "rollout.batch_size=16", "grpo.minibatch_size=8", k=4)
+    with pytest.raises(ConfigError, match=r"ppo.minibatch_size=6 .* multiple of 4"):
+        check(4, "rollout.batch_size=16", "ppo.minibatch_size=6")
+
+
+def test_single_process_algorithms_are_refused_with_several() -> None:
+    with pytest.raises(DistributedError, match="algo=trpo runs in one process only"):
+        check(2, "algo=trpo", supported=False)
+    check(1, "algo=trpo", supported=False)  # one process is fine
+
+
+def test_one_process_helpers_return_their_input() -> None:
+    state = Distributed()
+    x = torch.arange(6.0)
+    assert state.sum(x) is x and state.gather(x) is x
+    assert state.shard([1, 2, 3]) == [1, 2, 3]
+    assert state.mean_floats({"a": 1.5}) == {"a": 1.5} and state.any(False) is False
+    p = torch.nn.Parameter(torch.ones(2))
+    p.grad = torch.full((2,), 3.0)
+    state.average_gradients([p])
+    assert torch.equal(p.grad, torch.full((2,), 3.0))
+
+
+def test_shard_gives_each_rank_its_contiguous_slice() -> None:
+    items = list(range(8))
+    assert [Distributed(rank=r, world_size=4).shard(items) for r in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    with pytest.raises(DistributedError, match="7 items do not split evenly over 2"):
+        Distributed(rank=0, world_size=2).shard(items[:7])
