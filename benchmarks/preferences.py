@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lmgym.api import train
+from lmgym.algos import get_trainer
 from lmgym.config import load_config
 from lmgym.data.preferences import comparisons_from_scored, log_generations, write_jsonl
 from lmgym.data.task import load_task
@@ -69,7 +69,7 @@ def method_overrides(method: str, out: Path) -> list[str]:
         return ["algo=dpo", f"dpo.data={out / 'pairs.jsonl'}", "dpo.lr=2e-5", "dpo.batch_size=8", "dpo.beta=0.1",
                 "dpo.max_completion_tokens=25"]  # fmt: skip
     if method == "ilql":
-        return ["algo=ilql", f"ilql.data={out / 'logged.jsonl'}", "ilql.lr=1e-4", "ilql.batch_size=16",
+        return ["algo=ilql", f"ilql.data={out / 'logged.jsonl'}", "ilql.lr=1e-4", "ilql.batch_size=8",
                 "ilql.beta=1.0", "ilql.max_completion_tokens=25"]  # fmt: skip
     raise ValueError(f"unknown method {method!r}")
 
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=240, help="training seconds per method")
     parser.add_argument("--prompts", type=int, default=64, help="train prompts of the offline data")
     parser.add_argument("--per-prompt", type=int, default=4, help="logged completions per prompt")
-    parser.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts evaluated")
+    parser.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts evaluated (before: once)")
     parser.add_argument("--methods", default="ilql,dpo,ppo")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench-results/preferences"))
@@ -89,6 +89,7 @@ def main() -> None:
     data = make_offline_data(args.out, args.prompts, args.per_prompt, args.threads)
     console.print(f"offline data: {data}")
     rows = []
+    before = None
     for method in args.methods.split(","):
         overrides = [
             *method_overrides(method, args.out), "iterations=100000", f"max_train_seconds={args.budget}",
@@ -96,7 +97,12 @@ def main() -> None:
             "checkpoint.every=0",
         ]  # fmt: skip
         t0 = time.perf_counter()
-        result = train(DEMO, overrides, overwrite=True, console=Console(file=io.StringIO()))
+        config = load_config(DEMO, overrides)
+        trainer = get_trainer(config.algo)(config, overwrite=True, console=Console(file=io.StringIO()))
+        if before is not None:  # every method starts from the same model: evaluate it once (same prompts, seed)
+            trainer.before, trainer.before_samples = before
+        result = trainer.train()
+        before = (result.before, trainer.before_samples)
         wall = time.perf_counter() - t0
         train_seconds = sum(
             r.get("time/update", 0) + r.get("time/generate", 0) + r.get("time/score", 0) + r.get("time/reward", 0)

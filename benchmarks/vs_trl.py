@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         def on_step(step: int) -> None:
             status.update(f"step {step}/{settings.steps} of every side done ({time.perf_counter() - t0:.0f} s)")
 
-        results = run_sides_interleaved(settings, out, SIDES, on_step)
+        results = run_sides_interleaved(settings, out, SIDES, on_step, args.max_seconds)
     loads = load_average()
     console.print(f"done in {time.perf_counter() - t0:.0f} s; load average after: {loads}", highlight=False)
     for side in SIDES:

@@ -12,6 +12,7 @@ from lmgym.config import TrainConfig, load_config
 from lmgym.evaluation import evaluate
 from lmgym.models.loading import load_model
 from lmgym.models.policy import Policy, ReferenceModel, make_generation_config
+from lmgym.rewards.factory import build_reward
 
 
 def train(
@@ -42,21 +43,26 @@ def evaluate_run(run: str | Path, split: str | None = None, num_prompts: int | N
     run = Path(run)
     if not (run / "config.yaml").exists():
         raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
-    if not (run / "final" / "config.json").exists():
+    # A LoRA run with peft.merge_on_save=false leaves only final/adapter/, which loads onto its base model.
+    final_dir = run / "final" if (run / "final" / "config.json").exists() else run / "final" / "adapter"
+    if not (final_dir / "config.json").exists() and not (final_dir / "adapter_config.json").exists():
         raise FileNotFoundError(f"{run} has no final/ model; it has not finished (resume it with --resume)")
     config = load_config(run / "config.yaml")
     task = load_task(config.task, **config.task_args)
     base = load_model(config.model.name, config.model.dtype, config.model.trust_remote_code)
-    final = load_model(str(run / "final"), config.model.dtype, config.model.trust_remote_code)
+    final = load_model(str(final_dir), config.model.dtype, config.model.trust_remote_code)
     policy = Policy(final.model, final.tokenizer, final.is_seq2seq, value_head="none")
     reference = ReferenceModel(base.model, base.is_seq2seq)
     max_new = config.generation.max_new_tokens or int(task.generation.get("max_new_tokens", 32))
     generation = make_generation_config(final.tokenizer, **config.generation.hf_settings(max_new))
     samples = task.split(split or config.eval.split)[: num_prompts or config.eval.num_prompts]
+    reward = build_reward(config.reward, task.reward)
+    if reward is None:
+        raise ValueError(f"task {config.task!r} has no default reward and the run's config names none")
     metrics, _ = evaluate(
         policy,
         reference,
-        task.reward,
+        reward,
         samples,
         generation,
         config.model.max_prompt_tokens,

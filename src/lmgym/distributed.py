@@ -34,6 +34,8 @@ import torch.distributed as dist
 T = TypeVar("T")
 
 _PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# What `accelerate launch` sets when its config asks for sharded weights.
+_SHARDING_LAUNCHERS = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
 
 
 class DistributedError(RuntimeError):
@@ -71,6 +73,13 @@ class Distributed:
         precision = _launcher_precision() if mixed_precision == "auto" else mixed_precision
         if precision not in ("no", *_PRECISIONS):
             raise DistributedError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {precision!r}")
+        sharded = [name for name, var in _SHARDING_LAUNCHERS.items() if os.environ.get(var, "").lower() == "true"]
+        if sharded:
+            raise DistributedError(
+                f"the launcher asks for {sharded[0]}: lmgym trains with replicated weights (data parallel) only; "
+                "use a multi-GPU accelerate config without FSDP/DeepSpeed (configs/accelerate/multi_gpu.yaml), and "
+                "LoRA (the peft section) for models too large to replicate"
+            )
         world = launched_world_size()
         cuda = torch.cuda.is_available() and device in ("auto", "cuda")
         if device == "cuda" and not torch.cuda.is_available():
@@ -80,15 +89,8 @@ class Distributed:
             out = cls(mixed_precision=precision)
         else:
             from accelerate import PartialState
-            from accelerate.utils import DistributedType
 
             state = PartialState(cpu=not cuda)
-            if state.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-                raise DistributedError(
-                    f"the launcher asks for {state.distributed_type.value}: lmgym trains with replicated weights "
-                    "(data parallel) only; use a multi-GPU accelerate config without FSDP/DeepSpeed "
-                    "(configs/accelerate/multi_gpu.yaml), and LoRA (the peft section) for models too large to replicate"
-                )
             out = cls(
                 rank=state.process_index,
                 world_size=state.num_processes,
@@ -140,6 +142,11 @@ class Distributed:
         if not self.enabled:
             return value
         return float(self.sum(torch.tensor(float(value), dtype=torch.float64))) / self.world_size
+
+    def sum_float(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        return float(self.sum(torch.tensor(float(value), dtype=torch.float64)))
 
     def mean_floats(self, values: dict[str, float]) -> dict[str, float]:
         """Average a dict of floats over ranks (the same keys on every rank), in one all-reduce."""

@@ -77,3 +77,19 @@ def test_sft_needs_references_or_a_file(tmp_path: Path) -> None:
             None, ["task=toy", "model=tiny", "algo=sft", "sft.data=missing.jsonl", f"run_dir={tmp_path}", "name=y"],
             console=quiet(),
         )  # fmt: skip
+
+
+def test_sft_on_the_best_of_its_own_samples(tmp_path: Path) -> None:
+    result = train(
+        None,
+        ["task=toy", "model=tiny", "algo=sft", "iterations=2", "sft.data=logged-best", "sft.logged_prompts=8",
+         "sft.logged_per_prompt=4", "threads=1", "eval.num_prompts=4", f"run_dir={tmp_path}", "name=best"],
+        console=quiet(),
+    )  # fmt: skip
+    logged = [json.loads(line) for line in (result.run_dir / "data.jsonl").read_text().splitlines()]
+    chosen = [json.loads(line) for line in (result.run_dir / "sft-data.jsonl").read_text().splitlines()]
+    assert len(logged) == 32 and len(chosen) == 8
+    for demo in chosen:
+        rewards = [r["reward"] for r in logged if r["prompt"] == demo["prompt"]]
+        mine = next(r["reward"] for r in logged if r["id"] == demo["id"])
+        assert mine == max(rewards)

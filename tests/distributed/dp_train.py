@@ -1,7 +1,10 @@
-"""Train with ``--set``-style overrides and save each rank's trainable parameters (run by the tests below).
+"""Train with ``--set``-style overrides and save each rank's trainable parameters (run by the tests beside it).
 
-python -m torch.distributed.run --nproc_per_node 2 tests/distributed/dp_train.py OUT_DIR key=value ...
-python tests/distributed/dp_train.py OUT_DIR [--resume] key=value ...     (one process)
+    python -m torch.distributed.run --nproc_per_node 2 tests/distributed/dp_train.py OUT_DIR ALGOS key=value ...
+    python tests/distributed/dp_train.py OUT_DIR ALGOS [--resume] key=value ...      (one process)
+
+ALGOS is a comma-separated list (e.g. ``ppo,trpo``): each trains in turn, in the same processes, as run
+``<algo>`` under run_dir, and leaves ``<algo>-rank<R>.safetensors`` and ``<algo>-rank<R>.json`` in OUT_DIR.
 """
 
 from __future__ import annotations
@@ -23,22 +26,27 @@ def token_reward(prompts, generations, references, meta) -> list[float]:
     return [sum(t % 7 for t in m["gen_token_ids"]) / (7 * max(len(m["gen_token_ids"]), 1)) for m in meta]
 
 
-def main() -> None:
-    out, args = Path(sys.argv[1]), sys.argv[2:]
-    resume = "--resume" in args
-    config = load_config(None, [a for a in args if a != "--resume"])
+def train(out: Path, algo: str, overrides: list[str], resume: bool) -> None:
+    config = load_config(None, [*overrides, f"algo={algo}", f"name={algo}"])
     trainer = get_trainer(config.algo)(config, console=Console(quiet=True), reward=token_reward, resume=resume)
     result = trainer.train()
     rank = trainer.dist.rank
     params = {name: p.detach().contiguous() for name, p in trainer.policy.named_parameters() if p.requires_grad}
-    save_file(params, str(out / f"rank{rank}.safetensors"))
+    save_file(params, str(out / f"{algo}-rank{rank}.safetensors"))
     info = {
         "world_size": trainer.dist.world_size,
         "rank": rank,
         "start_iteration": trainer.start_iteration,
         "history": result.history,
     }
-    (out / f"rank{rank}.json").write_text(json.dumps(info), encoding="utf-8")
+    (out / f"{algo}-rank{rank}.json").write_text(json.dumps(info), encoding="utf-8")
+
+
+def main() -> None:
+    out, algos, args = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
+    resume = "--resume" in args
+    for algo in algos:
+        train(out, algo, [a for a in args if a != "--resume"], resume)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("dp_train.py")
+ALGOS = ("ppo", "trpo")
 
 # Greedy decoding and min_new_tokens = max_new_tokens make the rollout independent of how the prompts are
 # split (every completion has the same token count), so the mean gradient of two half batches equals the
-# gradient of the whole batch. Whitening, the adaptive KL controller and the logged statistics must then
-# use the global batch for the two runs to agree.
+# gradient of the whole batch. Whitening, the adaptive KL controller, TRPO's token sums and the logged
+# statistics must then use the global batch for the two runs to agree.
 COMMON = [
     "task=toy",
     "model=tiny",
@@ -29,6 +30,8 @@ COMMON = [
     "ppo.minibatch_size=8",
     "ppo.epochs=2",
     "ppo.lr=3e-3",
+    "trpo.fisher_fraction=1.0",  # the Fisher subsample is taken per rank; all samples make it the same
+    "trpo.max_kl=0.05",
     "kl.controller=adaptive",
     "kl.target=0.5",
     "kl.horizon=40",
@@ -47,9 +50,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(out: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
+def run(out: Path, nproc: int, algos: str, *extra: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    args = [str(out), f"run_dir={out / 'runs'}", "name=run", *COMMON, *extra]
+    args = [str(out), algos, f"run_dir={out / 'runs'}", *COMMON, *extra]
     if nproc == 1:
         cmd = [sys.executable, str(SCRIPT), *args]
     else:
@@ -57,52 +60,56 @@ def run(out: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, *launcher, str(SCRIPT), *args]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("dp")
-    run(root / "two", 2)
-    run(root / "one", 1)
+    run(root / "two", 2, ",".join(ALGOS))
+    run(root / "one", 1, ",".join(ALGOS))
     return root / "two", root / "one"
 
 
-def test_two_ranks_end_with_identical_parameters(runs: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("algo", ALGOS)
+def test_two_ranks_end_with_identical_parameters(runs: tuple[Path, Path], algo: str) -> None:
     two, _ = runs
-    info = json.loads((two / "rank1.json").read_text())
-    assert info["world_size"] == 2
-    rank0, rank1 = load_file(str(two / "rank0.safetensors")), load_file(str(two / "rank1.safetensors"))
+    assert json.loads((two / f"{algo}-rank1.json").read_text())["world_size"] == 2
+    rank0 = load_file(str(two / f"{algo}-rank0.safetensors"))
+    rank1 = load_file(str(two / f"{algo}-rank1.safetensors"))
     assert rank0.keys() == rank1.keys() and rank0
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
 
 
-def test_two_ranks_match_one_process_on_the_same_global_batch(runs: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("algo", ALGOS)
+def test_two_ranks_match_one_process_on_the_same_global_batch(runs: tuple[Path, Path], algo: str) -> None:
     two, one = runs
-    initial = json.loads((one / "rank0.json").read_text())
-    assert initial["world_size"] == 1
-    dp, single = load_file(str(two / "rank0.safetensors")), load_file(str(one / "rank0.safetensors"))
+    single_info = json.loads((one / f"{algo}-rank0.json").read_text())
+    assert single_info["world_size"] == 1
+    dp, single = load_file(str(two / f"{algo}-rank0.safetensors")), load_file(str(one / f"{algo}-rank0.safetensors"))
     assert dp.keys() == single.keys()
     for name in single:
         torch.testing.assert_close(dp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
     # The runs trained: the value head (zero at the start) is far from zero.
     assert float(single["value_head.weight"].abs().max()) > 1e-3
     # The logged statistics are those of the global batch on the main process.
-    h2 = json.loads((two / "rank0.json").read_text())["history"]
-    h1 = initial["history"]
-    for key in ("reward/task", "kl", "kl_coef", "entropy", "explained_var", "loss/policy", "loss/value"):
-        assert [r[key] for r in h2] == pytest.approx([r[key] for r in h1], rel=1e-4, abs=1e-6), key
+    h2 = json.loads((two / f"{algo}-rank0.json").read_text())["history"]
+    h1 = single_info["history"]
+    keys = ["reward/task", "kl", "kl_coef", "entropy", "explained_var", "loss/policy", "loss/value"]
+    keys += ["trpo/step_kl", "trpo/accepted"] if algo == "trpo" else []
+    for key in keys:
+        assert [r[key] for r in h2] == pytest.approx([r[key] for r in h1], rel=1e-3, abs=1e-6), key
+    if algo == "trpo":
+        assert sum(r["trpo/accepted"] for r in h1) >= 1  # the natural-gradient step was taken
 
 
 def test_main_process_alone_writes_the_run(runs: tuple[Path, Path]) -> None:
     two, _ = runs
-    run_dir = two / "runs" / "run"
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    train_lines = [json.loads(line) for line in lines if json.loads(line)["kind"] == "train"]
-    assert [r["iteration"] for r in train_lines] == [1, 2, 3]  # once each, not once per rank
+    run_dir = two / "runs" / "ppo"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if r["kind"] == "train"] == [1, 2, 3]  # once each, not once per rank
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-2", "step-3"]
     assert (run_dir / "final" / "config.json").exists()
 
@@ -113,9 +120,9 @@ def test_resume_with_another_number_of_processes(runs: tuple[Path, Path], tmp_pa
     out = tmp_path / "resumed"
     shutil.copytree(two / "runs", out / "runs")
     # Without the last checkpoint the resume starts from step-2 and redoes iteration 3.
-    shutil.rmtree(out / "runs" / "run" / "checkpoints" / "step-3")
-    run(out, 1, "--resume")
-    assert json.loads((out / "rank0.json").read_text())["start_iteration"] == 3
-    resumed, single = load_file(str(out / "rank0.safetensors")), load_file(str(one / "rank0.safetensors"))
+    shutil.rmtree(out / "runs" / "ppo" / "checkpoints" / "step-3")
+    run(out, 1, "ppo", "--resume")
+    assert json.loads((out / "ppo-rank0.json").read_text())["start_iteration"] == 3
+    resumed, single = load_file(str(out / "ppo-rank0.safetensors")), load_file(str(one / "ppo-rank0.safetensors"))
     for name in single:
         torch.testing.assert_close(resumed[name], single[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmgym.api import evaluate_run
 from lmgym.config import ConfigError
 from lmgym.models.loading import load_model
 from lmgym.models.policy import TokenBatch, forward_generated, logprobs_from_logits
@@ -101,6 +102,7 @@ def test_adapter_only_when_merge_is_off_and_it_loads_onto_its_base(tmp_path: Pat
     with torch.no_grad():
         want = trainer.policy.score(probe).logprobs
     torch.testing.assert_close(logprobs_of(load_model(str(adapter)).model, probe), want, rtol=1e-4, atol=1e-4)
+    assert set(evaluate_run(trainer.run.root, num_prompts=2)) >= {"reward", "perplexity"}  # `lmgym eval` loads it
 
 
 def test_lora_with_trainable_layers_is_refused(tmp_path: Path) -> None:

@@ -58,3 +58,18 @@ def test_shard_gives_each_rank_its_contiguous_slice() -> None:
     assert [Distributed(rank=r, world_size=4).shard(items) for r in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
     with pytest.raises(DistributedError, match="7 items do not split evenly over 2"):
         Distributed(rank=0, world_size=2).shard(items[:7])
+
+
+@pytest.mark.parametrize(
+    ("variable", "name"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")]
+)
+def test_sharded_launchers_are_refused_by_name(monkeypatch: pytest.MonkeyPatch, variable: str, name: str) -> None:
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(DistributedError, match=f"asks for {name}: .*replicated weights"):
+        Distributed.setup()
+
+
+def test_launcher_precision_is_taken_when_the_config_says_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert Distributed.setup("auto", "cpu").mixed_precision == "bf16"
+    assert Distributed.setup("no", "cpu").mixed_precision == "no"

@@ -124,6 +124,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("config file with a python tag", ["@{unsafe.yaml}"], "not valid YAML"),
     ("config file not UTF-8", ["@{latin1.yaml}"], "latin1.yaml"),
     ("config file unknown key", ["@{unknown.yaml}"], "did you mean 'ppo.lr'"),
+    # rewards named in the config
+    ("reward module missing", ["reward.name=no_such_module_xyz:score"], "cannot import module 'no_such_module_xyz'"),
+    ("reward function missing", ["reward.name=lmgym.rewards.base:no_such_fn"], "has no attribute 'no_such_fn'"),
+    ("reward name misspelt", ["reward.name=bleuu"], "did you mean 'bleu'"),
     # run folders
     ("resume a run that does not exist", ["!resume", "name=ghost"], "there is no run at"),
     ("run exists without --resume", ["name=keep"], "--resume"),

@@ -173,9 +173,7 @@ class ILQLTrainer(OfflineTrainer):
             scored, source = load_scored_texts(cfg.data), cfg.data
         else:
             raise FileNotFoundError(f"ilql.data: {cfg.data!r} is neither 'logged' nor an existing JSONL file")
-        examples = transitions_from(scored, self.tokenizer, cfg.max_completion_tokens, source)
-        self.behaviour_reward = sum(sum(e.rewards) for e in examples) / len(examples)
-        return examples
+        return transitions_from(scored, self.tokenizer, cfg.max_completion_tokens, source)
 
     def loss(self, examples: list[Transition]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.algo_config

@@ -102,8 +102,9 @@ def fisher_subsample(n: int, fraction: float) -> torch.Tensor:
 
 
 class TRPOTrainer(OnPolicyTrainer):
-    # The natural-gradient step (flat gradients, Fisher products, line search) is not averaged over ranks yet.
-    supports_data_parallel = False
+    """With several processes (data parallel), every token sum — g, the Fisher-vector products, the measured
+    surrogate and KL, the token counts they are divided by — is summed over ranks, so each rank solves the
+    same system and takes the same step; the critic's gradients are averaged like PPO's."""
 
     # --- setup: the optimizer holds only the critic; the policy moves by the natural-gradient step -----------
 
@@ -155,7 +156,7 @@ class TRPOTrainer(OnPolicyTrainer):
         """
         params = self.policy_params()
         mask = mask.float()
-        n_tokens = mask.sum().clamp(min=1.0)
+        n_tokens = self.dist.sum(mask.sum()).clamp(min=1.0)  # all ranks' Fisher tokens
         chunks = self.chunks(len(mask))
 
         def grad_kl(idx: torch.Tensor) -> torch.Tensor:  # ∇θ of this chunk's share of KL̄, differentiable
@@ -174,20 +175,20 @@ class TRPOTrainer(OnPolicyTrainer):
                 fv = flat_grad(cached @ v, params, retain_graph=True)
             else:
                 fv = sum(flat_grad(grad_kl(idx) @ v, params) for idx in chunks)
-            return fv + self.algo_config.cg_damping * v
+            return self.dist.sum(fv) + self.algo_config.cg_damping * v
 
         return fisher_vector_product
 
     @torch.no_grad()
     def measure(self, rollout: Rollout, advantages: torch.Tensor, old_logp: list[torch.Tensor]) -> tuple[float, float]:
         """L(θ) and KL̄(π_old ‖ πθ) at the current parameters (one forward pass)."""
-        n_tokens = rollout.mask.sum().clamp(min=1)
+        n_tokens = self.dist.sum(rollout.mask.sum()).clamp(min=1)
         surrogate, kl = 0.0, 0.0
         for idx, old in zip(self.chunks(len(rollout.samples)), old_logp, strict=True):
             surr, logp = self.surrogate_sum(rollout, advantages, idx)
             surrogate += float(surr / n_tokens)
             kl += float((categorical_kl(old, logp) * rollout.mask[idx]).sum() / n_tokens)
-        return surrogate, kl
+        return self.dist.sum_float(surrogate), self.dist.sum_float(kl)
 
     # --- one update -----------------------------------------------------------------------------------------
 
@@ -199,7 +200,7 @@ class TRPOTrainer(OnPolicyTrainer):
     def policy_step(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
         cfg = self.algo_config
         params = self.policy_params()
-        n_tokens = rollout.mask.sum().clamp(min=1)
+        n_tokens = self.dist.sum(rollout.mask.sum()).clamp(min=1)  # of the global batch
 
         # 1. The surrogate's gradient at θ_old, and π_old over the vocabulary for measuring KL later.
         g = torch.zeros(sum(p.numel() for p in params), device=self.policy.device)
@@ -209,6 +210,7 @@ class TRPOTrainer(OnPolicyTrainer):
             g += flat_grad(surr / n_tokens, params)
             surrogate_old += float(surr.detach() / n_tokens)
             old_logp.append(logp.detach())
+        g, surrogate_old = self.dist.sum(g), self.dist.sum_float(surrogate_old)
 
         # 2-4. Natural-gradient direction x ≈ F⁻¹g by conjugate gradient, scaled to the trust region.
         fisher_idx = fisher_subsample(len(rollout.samples), cfg.fisher_fraction)
@@ -274,14 +276,15 @@ class TRPOTrainer(OnPolicyTrainer):
         features = self.critic_features(rollout)
         total, steps = 0.0, 0
         for _ in range(cfg.value_epochs):
-            for idx in torch.randperm(len(rollout.samples)).split(cfg.minibatch_size):
+            for idx in torch.randperm(len(rollout.samples)).split(cfg.minibatch_size // self.dist.world_size):
                 values = self.value_predictions(rollout.batch.index(idx), None if features is None else features[idx])
                 loss = value_loss(values, rollout.values[idx], returns[idx], rollout.mask[idx].float(), clip=None)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self.dist.average_gradients(params)
                 if cfg.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
                 total += float(loss.detach())
                 steps += 1
-        return total / steps
+        return self.dist.mean_float(total / steps)

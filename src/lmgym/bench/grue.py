@@ -66,6 +66,7 @@ QUICK_OVERRIDES = (
     "task_args.n_test=4",
 )
 
+TRAINER_EVAL_PROMPTS = 8  # prompts of a trained cell's own before/after evaluation (not the bench's scores)
 # Per task, a hook that adds what a metric needs to each sample's meta (module:function).
 META_HOOKS = {"dailydialog": "lmgym.data.tasks.dailydialog:annotate_predicted_intent"}
 # Names in a task's metric set that are not registry metrics: what the bench reports for them.
@@ -210,6 +211,7 @@ class GrueBench:
         return result
 
     def _run_cell(self, cell: Cell) -> dict[str, Any]:
+        fingerprint = self.config_hash(cell)  # of the settings as read now, before the run could see edits
         config = self.config(cell)
         base_model = config.model.name
         train_seconds = 0.0
@@ -225,9 +227,14 @@ class GrueBench:
 
             run = self.runs_dir / cell.name
             resume = (run / "config.yaml").exists()  # an interrupted cell continues from its checkpoint
+            # The trainer's own before/after table needs only a glance; the bench scores the cell below on
+            # eval.num_prompts prompts (scoring them three times per cell would double a CPU run's cost).
+            scored_prompts = config.eval.num_prompts
+            config.eval.num_prompts = min(scored_prompts, TRAINER_EVAL_PROMPTS)
             t0 = time.perf_counter()
             train(config, resume=resume, overwrite=not resume, console=self.console)
             train_seconds = time.perf_counter() - t0
+            config.eval.num_prompts = scored_prompts
             model_path = str(run / "final")
         t0 = time.perf_counter()
         scores, notes, records = evaluate_cell(config, model_path, base_model)
@@ -246,7 +253,7 @@ class GrueBench:
             "scores": scores,
             "missing": notes,
             "config": str(self.config_path(cell)),
-            "config_hash": self.config_hash(cell),
+            "config_hash": fingerprint,
         }
 
     # --- results -------------------------------------------------------------------------------

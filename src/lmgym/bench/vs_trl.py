@@ -53,14 +53,22 @@ REWARD_WINDOW = 5  # steps in the moving mean that time-to-reward watches
 class Gate:
     """Turn-taking with the other sides: the comparison runs all sides at once but lets only one compute at a
     time, step by step, so that a change in the machine's load falls on every side alike. A side waits for
-    its turn (one byte on ``go``) and hands it back (one byte on ``done``); without pipes it runs freely."""
+    its turn (one byte on ``go``: GO to run, STOP to end its training early) and hands it back (one byte on
+    ``done``); without pipes it runs freely."""
+
+    GO, STOP = b".", b"s"
 
     def __init__(self, fds: str | None = None) -> None:
         self.go, self.done = (int(fd) for fd in fds.split(",")) if fds else (None, None)
 
-    def wait(self) -> None:
-        if self.go is not None and not os.read(self.go, 1):
+    def wait(self) -> bool:
+        """Block until this side's turn; False when it is told to stop training instead."""
+        if self.go is None:
+            return True
+        byte = os.read(self.go, 1)
+        if not byte:
             raise SystemExit("the comparison that started this side is gone")
+        return byte == self.GO
 
     def release(self) -> None:
         if self.done is not None:
@@ -329,7 +337,8 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
         gate.release()  # loaded
         steps: list[dict[str, Any]] = []
         for step in range(1, settings.steps + 1):
-            gate.wait()
+            if not gate.wait():
+                break
             t0 = time.perf_counter()
             record = trainer.step(step)
             seconds = time.perf_counter() - t0
@@ -461,25 +470,30 @@ def run_trl_side(settings: Settings, gate: Gate | None = None) -> dict[str, Any]
     gate = gate or Gate()
 
     class Clock(TrainerCallback):
-        """A step runs from on_step_begin (before generation, which TRL does in its first micro-batch's
-        training_step) to on_step_end (after the optimizer step)."""
+        """A step runs from its turn (given at the end of the step before, so TRL's logging between steps
+        counts) to on_step_end (after the optimizer step); generation happens inside, in TRL's training_step."""
 
         def __init__(self) -> None:
             self.starts: list[float] = []
             self.ends: list[float] = []
             self.rewards: list[float] = []
 
+        def next_turn(self, control) -> None:
+            if gate.wait():
+                self.starts.append(time.perf_counter())
+            else:
+                control.should_training_stop = True  # TRL still logs the step that just ended
+
         def on_train_begin(self, args, state, control, **kwargs):
             reset_peak_rss()
             gate.release()  # loaded
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            gate.wait()
-            self.starts.append(time.perf_counter())
+            self.next_turn(control)
 
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
             gate.release()
+            if state.global_step < state.max_steps:
+                self.next_turn(control)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "reward" in logs:
@@ -508,13 +522,11 @@ def run_trl_side(settings: Settings, gate: Gate | None = None) -> dict[str, Any]
         gate.wait()
         peak = matmul_peak_gflops(settings.matmul_size)
         gate.release()
-        if len(clock.rewards) != settings.steps or len(clock.ends) != settings.steps:
-            raise RuntimeError(
-                f"TRL ran {len(clock.ends)} steps and logged {len(clock.rewards)} rewards; expected {settings.steps}"
-            )
+        if not (len(clock.rewards) == len(clock.ends) == len(clock.starts[: len(clock.ends)])):
+            raise RuntimeError(f"TRL ran {len(clock.ends)} steps but logged {len(clock.rewards)} rewards")
         steps = [
             {"seconds": end - start, "reward": r}
-            for start, end, r in zip(clock.starts, clock.ends, clock.rewards, strict=True)
+            for start, end, r in zip(clock.starts[: len(clock.ends)], clock.ends, clock.rewards, strict=True)
         ]
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         return {
@@ -550,11 +562,16 @@ def side_command(settings: Settings, side: str, out: str | None = None) -> list[
 
 
 def run_sides_interleaved(
-    settings: Settings, log_dir: Path, sides: tuple[str, ...] = SIDES, on_step: Any = None
+    settings: Settings,
+    log_dir: Path,
+    sides: tuple[str, ...] = SIDES,
+    on_step: Any = None,
+    max_seconds: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Start every side in its own subprocess, let them load, then give them turns: step 1 of each side,
     step 2 of each, ... (the order rotating), and last each one's matmul peak measurement. Only one side
-    computes at any time; ``on_step(step)`` is called after each round."""
+    computes at any time; ``on_step(step)`` is called after each round. With ``max_seconds``, no round
+    starts after that many seconds of steps: every side then stops with the same number of steps."""
     procs: dict[str, tuple[subprocess.Popen, int, int, Path]] = {}
     try:
         for side in sides:
@@ -578,12 +595,17 @@ def run_sides_interleaved(
                 raise RuntimeError(f"side {side} failed (exit {proc.returncode}): {shlex.join(proc.args)}\n{tail}")
 
         def turn(side: str) -> None:
-            os.write(procs[side][1], b".")
+            os.write(procs[side][1], Gate.GO)
             wait_done(side)
 
         for side in sides:  # loaded
             wait_done(side)
+        start = time.perf_counter()
         for step in range(settings.steps):
+            if max_seconds is not None and step > 0 and time.perf_counter() - start >= max_seconds:
+                for side in sides:
+                    os.write(procs[side][1], Gate.STOP)
+                break
             for j in range(len(sides)):
                 turn(sides[(step + j) % len(sides)])
             if on_step is not None:
@@ -702,6 +724,9 @@ def settings_from_argv(argv: list[str] | None = None) -> tuple[Settings, Any]:
             parser.add_argument(flag, type=type(default), default=default)
     parser.add_argument("--side", choices=SIDES, help="run one side only (what the comparison runs per subprocess)")
     parser.add_argument("--out", help="--side: write its result as JSON here; comparison: a folder for logs/results")
+    parser.add_argument(
+        "--max-seconds", type=float, help="comparison: start no round of steps after this many seconds of them"
+    )
     parser.add_argument("--gate", help=argparse.SUPPRESS)  # "go,done" pipe fds: take turns with the other sides
     args = parser.parse_args(argv)
     settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})

@@ -200,15 +200,18 @@ class Policy(nn.Module):
         with_entropy: bool,
         keep_logits: bool,
     ) -> Scores:
-        logits = logits.float() / temperature
+        logits = logits.float()
+        if temperature != 1.0:  # skips a copy of the [B, G, V] logits in the common case
+            logits = logits / temperature
         values = None
         if with_values and self.value_head is not None:
             if self.critic is not None:
                 _, hidden = forward_generated(self.critic, self.is_seq2seq, batch)
             values = self.value_head(hidden.float()).squeeze(-1)
+        logp = F.log_softmax(logits, dim=-1)  # once, for the log-probs and the entropy
         return Scores(
-            logprobs=logprobs_from_logits(logits, batch.gen_ids),
-            entropy=entropy_from_logits(logits) if with_entropy else None,
+            logprobs=torch.gather(logp, -1, batch.gen_ids.unsqueeze(-1)).squeeze(-1),
+            entropy=-(logp.exp() * logp).sum(-1) if with_entropy else None,
             values=values,
             logits=logits if keep_logits else None,
         )
