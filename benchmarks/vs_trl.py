@@ -144,6 +144,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + ", ".join(f"{k} {v:.2f}" for k, v in details["seconds_per_step"].items()),
         highlight=False,
     )
+    console.print(
+        "  process CPU seconds per step (median; with 1 thread, independent of other load): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in details["cpu_seconds_per_step"].items())
+        + "; ratios to TRL: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in details["cpu_step_ratios"].items()),
+        highlight=False,
+    )
     ttr = details["time_to_reward"]
     console.print(
         f"  time to reward: level {ttr['level']:+.3f} ({ttr['level_is']}, mean of the last {ttr['window']} steps); "

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import GenerationConfig
 
 from lmgym.bench.vs_trl import (
     RESULT_KEYS,
@@ -21,7 +22,7 @@ from lmgym.bench.vs_trl import (
     update_flops,
 )
 from lmgym.models.loading import load_model
-from lmgym.models.policy import Policy, TokenBatch, freeze
+from lmgym.models.policy import Policy, ReferenceModel, TokenBatch, freeze
 
 needs_trl = pytest.mark.skipif(
     importlib.util.find_spec("trl") is None, reason="trl is not installed (pip install -e '.[bench]')"
@@ -29,7 +30,7 @@ needs_trl = pytest.mark.skipif(
 
 
 def _steps(seconds: list[float], rewards: list[float], **extra: float) -> list[dict]:
-    return [{"seconds": s, "reward": r, **extra} for s, r in zip(seconds, rewards, strict=True)]
+    return [{"seconds": s, "cpu_seconds": s, "reward": r, **extra} for s, r in zip(seconds, rewards, strict=True)]
 
 
 def test_moving_mean_and_time_to_level() -> None:
@@ -109,6 +110,31 @@ def test_update_flops_match_the_flop_counter_with_frozen_blocks(trainable_layers
         (scores.logprobs.sum() + scores.values.sum()).backward()
     value_params = sum(p.numel() for p in policy.value_head.parameters())
     estimate = update_flops(loaded.model, B, P, G, head_positions=G + 1, value_head_params=value_params)
+    assert math.isclose(estimate, counter.get_total_flops(), rel_tol=0.03)
+
+
+def test_update_flops_of_a_pass_from_kept_trunk_states() -> None:
+    """Starting from the states kept during generation, the frozen bottom block does not run at all."""
+    torch.manual_seed(0)
+    loaded = load_model("tiny")
+    loaded.model.set_attn_implementation("eager")
+    reference = ReferenceModel(loaded.model, is_seq2seq=False)
+    freeze(loaded.model, embeddings=True, trainable_layers=1)
+    reference.share_frozen_trunk(loaded.model)
+    policy = Policy(loaded.model, loaded.tokenizer, loaded.is_seq2seq)
+    enc = loaded.tokenizer(["the movie was", "a story"], padding=True, return_tensors="pt")
+    generation = GenerationConfig(do_sample=True, max_new_tokens=5, min_new_tokens=5, top_k=0, pad_token_id=0)
+    batch, _ = policy.generate_and_score(enc["input_ids"], enc["attention_mask"], generation, keep_trunk=True)
+    assert batch.trunk is not None and batch.trunk.depth == 1
+    counter = FlopCounterMode(display=False)
+    with counter:
+        scores = policy.score(batch, with_entropy=False)
+        (scores.logprobs.sum() + scores.values.sum()).backward()
+    B, P = enc["input_ids"].shape
+    value_params = sum(p.numel() for p in policy.value_head.parameters())
+    estimate = update_flops(
+        loaded.model, B, P - 1, 5, head_positions=5, value_head_params=value_params, skipped_blocks=1
+    )
     assert math.isclose(estimate, counter.get_total_flops(), rel_tol=0.03)
 
 

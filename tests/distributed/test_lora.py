@@ -58,7 +58,7 @@ def test_lora_keeps_a_single_copy_of_the_base_model(tmp_path: Path) -> None:
     lora = make_trainer(tmp_path, "lora", *LORA)
     assert lora.reference.lm is lora.policy.model
     lora_total = storage_bytes(lora.policy, lora.reference, lora.reference.lm)
-    full = make_trainer(tmp_path, "full")
+    full = make_trainer(tmp_path, "full", "model.freeze_embeddings=false")  # every weight trains: a full copy
     full_total = storage_bytes(full.policy, full.reference)
     adapters = sum(p.numel() * p.element_size() for n, p in lora.policy.named_parameters() if p.requires_grad)
     # Measured: base weights once, plus adapters and the value head; a full fine-tune holds two copies.

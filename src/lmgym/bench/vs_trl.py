@@ -339,13 +339,14 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
         for step in range(1, settings.steps + 1):
             if not gate.wait():
                 break
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             record = trainer.step(step)
-            seconds = time.perf_counter() - t0
+            seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
             gate.release()
             steps.append(
                 {
                     "seconds": seconds,
+                    "cpu_seconds": cpu_seconds,
                     "reward": record["reward/task"],
                     "kl": record["kl"],
                     **{f"seconds_{p}": record[f"time/{p}"] for p in ("generate", "score", "reward", "update")},
@@ -474,13 +475,13 @@ def run_trl_side(settings: Settings, gate: Gate | None = None) -> dict[str, Any]
         counts) to on_step_end (after the optimizer step); generation happens inside, in TRL's training_step."""
 
         def __init__(self) -> None:
-            self.starts: list[float] = []
-            self.ends: list[float] = []
+            self.starts: list[tuple[float, float]] = []  # (wall, process CPU) clocks
+            self.ends: list[tuple[float, float]] = []
             self.rewards: list[float] = []
 
         def next_turn(self, control) -> None:
             if gate.wait():
-                self.starts.append(time.perf_counter())
+                self.starts.append((time.perf_counter(), time.process_time()))
             else:
                 control.should_training_stop = True  # TRL still logs the step that just ended
 
@@ -490,7 +491,7 @@ def run_trl_side(settings: Settings, gate: Gate | None = None) -> dict[str, Any]
             self.next_turn(control)
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.ends.append(time.perf_counter())
+            self.ends.append((time.perf_counter(), time.process_time()))
             gate.release()
             if state.global_step < state.max_steps:
                 self.next_turn(control)
@@ -525,7 +526,7 @@ def run_trl_side(settings: Settings, gate: Gate | None = None) -> dict[str, Any]
         if not (len(clock.rewards) == len(clock.ends) == len(clock.starts[: len(clock.ends)])):
             raise RuntimeError(f"TRL ran {len(clock.ends)} steps but logged {len(clock.rewards)} rewards")
         steps = [
-            {"seconds": end - start, "reward": r}
+            {"seconds": end[0] - start[0], "cpu_seconds": end[1] - start[1], "reward": r}
             for start, end, r in zip(clock.starts[: len(clock.ends)], clock.ends, clock.rewards, strict=True)
         ]
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -677,6 +678,10 @@ def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str,
     forwards = {
         name: max(max(c.values()) for c in r["score_forwards"]) for name, r in ours.items()
     }  # the most forward passes any one model made in one score phase
+
+    def step_cpu_seconds(r: dict[str, Any]) -> float:
+        return median(s["cpu_seconds"] for s in r["steps"][1:])
+
     return {
         "grpo_step_ratio": step_seconds(grpo) / step_seconds(trl),
         "ppo_step_ratio": step_seconds(ppo) / step_seconds(trl),
@@ -686,6 +691,12 @@ def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str,
         "memory_ratio": ppo["peak_rss_mib"] / trl["peak_rss_mib"],
         "details": {
             "seconds_per_step": {name: step_seconds(r) for name, r in results.items()},
+            # Process CPU seconds: with one thread, what the step costs whatever else runs on the machine.
+            "cpu_seconds_per_step": {name: step_cpu_seconds(r) for name, r in results.items()},
+            "cpu_step_ratios": {
+                "grpo": step_cpu_seconds(grpo) / step_cpu_seconds(trl),
+                "ppo": step_cpu_seconds(ppo) / step_cpu_seconds(trl),
+            },
             "time_to_reward": {
                 "level": level,
                 "level_is": stated,
