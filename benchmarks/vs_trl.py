@@ -160,8 +160,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         highlight=False,
     )
     console.print(
-        "  update FLOP/s over the fp32 matmul peak: "
+        "  update FLOP per CPU second over the fp32 matmul peak (same clock, same process): "
         + ", ".join(f"{k} {v:.1%}" for k, v in details["update_peak_fraction"].items())
+        + " (peak GFLOP per CPU second: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in details["matmul_peak_cpu_gflops"].items())
+        + "); by the wall clock: "
+        + ", ".join(f"{k} {v:.1%}" for k, v in details["update_peak_fraction_wall_clock"].items())
         + " (peak GFLOP/s: "
         + ", ".join(f"{k} {v:.1f}" for k, v in details["matmul_peak_gflops"].items())
         + ")",

@@ -51,10 +51,13 @@ def test_compare_ratios_and_fallback_level() -> None:
         "steps": _steps([9.0] + [4.0] * 6, [0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4]),  # best moving mean 0.34
         "peak_rss_mib": 1000.0,
         "matmul_peak_gflops": 100.0,
+        "matmul_peak_cpu_gflops": 100.0,
     }
     grpo = {
         "steps": _steps([9.0] + [2.0] * 6, [0.0, 0.3, 0.3, 0.5, 0.6, 0.7, 0.7], **lmgym_extra),
         "update_flops": [0.0] + [30e9] * 6,  # 30 GFLOP in 1 s of update = 30% of a 100 GFLOP/s peak
+        "update_cpu_seconds": [1.0] * 7,
+        "matmul_peak_cpu_gflops": 100.0,
         "score_forwards": [{"policy": 0, "reference": 1}] * 7,
         "peak_rss_mib": 1100.0,
         "matmul_peak_gflops": 100.0,
@@ -62,6 +65,8 @@ def test_compare_ratios_and_fallback_level() -> None:
     ppo = {
         "steps": _steps([9.0] + [3.0] * 6, [0.0] * 7, **lmgym_extra),
         "update_flops": [0.0] + [50e9] * 6,
+        "update_cpu_seconds": [1.0] * 7,
+        "matmul_peak_cpu_gflops": 100.0,
         "score_forwards": [{"policy": 0, "reference": 1}] * 7,
         "peak_rss_mib": 1200.0,
         "matmul_peak_gflops": 100.0,

@@ -1,6 +1,7 @@
 """lmgym against TRL's GRPOTrainer, side by side: the same model, prompts, batch, reward and learning rate.
 
-Three sides, each in its own subprocess (so that their memory peaks do not mix):
+Three sides, each in its own subprocess (so that their memory peaks do not mix), loaded at once and then
+taking turns step by step (only one computes at a time, so a change in the machine's load falls on all):
 
 - ``trl-grpo``: ``trl.GRPOTrainer`` on the model (a copy is loaded as its reference, beta > 0);
 - ``lmgym-grpo``: lmgym's GRPO, the same objective (clipped ratio, k3 KL to the reference in the loss,
@@ -14,12 +15,16 @@ the samples, tokens, forward/backward passes and optimizer steps per step are eq
 trainable on all sides (``trainable_layers``, embeddings frozen or not). From the steps' wall times and
 rewards come the ratios:
 
-- step ratios: median seconds per step (the first, warm-up step left out), lmgym / TRL;
+- step ratios: median wall seconds per step (the first, warm-up step left out), lmgym / TRL; the same
+  ratios of process CPU seconds are reported beside them (with one thread, the cost of a step whatever
+  else runs on the machine);
 - time to reward: wall clock from the first step until the mean reward of the last 5 steps first reaches
   ``reward_target``; where a side never gets there, the best such mean that TRL and lmgym's best side both
   reach stands in (and is stated);
-- update peak fraction: the update's matmul FLOPs (estimated analytically, frozen blocks counted as forward
-  only) per second of the update phase over the fp32 ``torch.mm`` peak measured in the same process;
+- update peak fraction: the update's matmul FLOPs (estimated analytically: what actually runs, frozen
+  blocks forward only, blocks skipped by the kept trunk states not at all) per CPU second of the update
+  phase, over the fp32 ``torch.mm`` peak per CPU second measured in the same process (the wall-clock
+  version is reported beside it); the lower of lmgym's two sides;
 - score forwards: forward passes of each model (policy, reference, critic) in the score phase, per batch;
 - memory: the peak RSS of the training steps (the kernel's high-water mark, reset once the models are
   loaded) of lmgym's PPO over TRL's GRPO.
@@ -198,6 +203,24 @@ def update_flops(
     return float(total)
 
 
+def matmul_peak(size: int = 2048, min_reps: int = 3, min_seconds: float = 0.5) -> tuple[float, float]:
+    """Best-of GFLOP/s of ``torch.mm`` on square float32 matrices at the current thread count, by the wall
+    clock and by the process's CPU clock (the latter holds up when other processes share the cores)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+    out = torch.empty(size, size)
+    torch.mm(a, b, out=out)  # warm-up
+    best_wall = best_cpu = math.inf
+    reps, start = 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < min_seconds:
+        t0, c0 = time.perf_counter(), time.process_time()
+        torch.mm(a, b, out=out)
+        best_wall, best_cpu = min(best_wall, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+        reps += 1
+    flops = 2.0 * size**3
+    return flops / best_wall / 1e9, flops / max(best_cpu, 1e-9) / 1e9
+
+
 # --- the lmgym sides ------------------------------------------------------------------------------------------
 
 
@@ -299,7 +322,9 @@ def _instrumented(trainer_cls: type) -> type:
 
         def update(self, rollout, advantages, returns):
             self._rows = 0
+            cpu0 = time.process_time()
             stats = super().update(rollout, advantages, returns)
+            cpu_seconds = time.process_time() - cpu0
             trunk = rollout.batch.trunk
             self.update_log.append(
                 {
@@ -308,6 +333,7 @@ def _instrumented(trainer_cls: type) -> type:
                     "prompt_len": int(rollout.batch.prompt_ids.shape[1]) - (trunk is not None),
                     "gen_len": int(rollout.batch.gen_ids.shape[1]),
                     "skipped_blocks": trunk.depth if trunk is not None else 0,
+                    "cpu_seconds": cpu_seconds,
                 }
             )
             return stats
@@ -324,7 +350,6 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
     from rich.console import Console
 
     from lmgym.algos import get_trainer
-    from lmgym.bench.speed import matmul_peak_gflops
     from lmgym.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="lmgym-vs-trl-") as run_dir:
@@ -354,7 +379,7 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
             )
         peak_rss = peak_rss_mib()
         gate.wait()
-        peak = matmul_peak_gflops(settings.matmul_size)
+        peak, peak_cpu = matmul_peak(settings.matmul_size)
         gate.release()
         model = trainer.policy.model
         head = trainer.policy.value_head
@@ -379,6 +404,8 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
             "load_seconds": load_seconds,
             "steps": steps,
             "update_flops": flops,
+            "update_cpu_seconds": [u["cpu_seconds"] for u in trainer.update_log],
+            "matmul_peak_cpu_gflops": peak_cpu,
             "score_forwards": trainer.score_forwards,
             "matmul_peak_gflops": peak,
             "rss_loaded_mib": rss_loaded,
@@ -451,7 +478,6 @@ def run_trl_side(settings: Settings, gate: Gate | None = None) -> dict[str, Any]
     import trl
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    from lmgym.bench.speed import matmul_peak_gflops
     from lmgym.data.task import load_task
     from lmgym.models.loading import load_tokenizer
     from lmgym.models.policy import freeze
@@ -521,7 +547,7 @@ def run_trl_side(settings: Settings, gate: Gate | None = None) -> dict[str, Any]
         trainer.train()
         peak_rss = peak_rss_mib()
         gate.wait()
-        peak = matmul_peak_gflops(settings.matmul_size)
+        peak, peak_cpu = matmul_peak(settings.matmul_size)
         gate.release()
         if not (len(clock.rewards) == len(clock.ends) == len(clock.starts[: len(clock.ends)])):
             raise RuntimeError(f"TRL ran {len(clock.ends)} steps but logged {len(clock.rewards)} rewards")
@@ -536,6 +562,7 @@ def run_trl_side(settings: Settings, gate: Gate | None = None) -> dict[str, Any]
             "load_seconds": load_seconds,
             "steps": steps,
             "matmul_peak_gflops": peak,
+            "matmul_peak_cpu_gflops": peak_cpu,
             "rss_loaded_mib": rss_loaded,
             "peak_rss_mib": peak_rss,
             "trainable_params": trainable,
@@ -669,12 +696,14 @@ def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str,
     trl_time = time_to_level(trl["steps"], level)
     ttr_ratio = reached[best_side] / trl_time if best_side and trl_time else float("nan")
 
-    def peak_fraction(r: dict[str, Any]) -> float:
-        timed = r["steps"][1:]
-        gflops = sum(r["update_flops"][1:]) / sum(s["seconds_update"] for s in timed) / 1e9
-        return gflops / r["matmul_peak_gflops"]
+    def peak_fraction(r: dict[str, Any], clock: str) -> float:
+        if clock == "cpu":  # process CPU time: what the work costs, whatever else runs on the machine
+            seconds, peak = sum(r["update_cpu_seconds"][1:]), r["matmul_peak_cpu_gflops"]
+        else:
+            seconds, peak = sum(s["seconds_update"] for s in r["steps"][1:]), r["matmul_peak_gflops"]
+        return sum(r["update_flops"][1:]) / seconds / 1e9 / peak
 
-    fractions = {name: peak_fraction(r) for name, r in ours.items()}
+    fractions = {name: peak_fraction(r, "cpu") for name, r in ours.items()}
     forwards = {
         name: max(max(c.values()) for c in r["score_forwards"]) for name, r in ours.items()
     }  # the most forward passes any one model made in one score phase
@@ -706,7 +735,9 @@ def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str,
                 "best_moving_mean": {name: best_level(r["steps"]) for name, r in results.items()},
             },
             "update_peak_fraction": fractions,
+            "update_peak_fraction_wall_clock": {name: peak_fraction(r, "wall") for name, r in ours.items()},
             "matmul_peak_gflops": {name: r["matmul_peak_gflops"] for name, r in results.items()},
+            "matmul_peak_cpu_gflops": {name: r["matmul_peak_cpu_gflops"] for name, r in results.items()},
             "score_forwards_per_model_max": forwards,
             "peak_rss_mib": {name: r["peak_rss_mib"] for name, r in results.items()},
         },
