@@ -115,7 +115,7 @@ def main() -> None:
             "reward_after": result.after["reward"],
             "perplexity_before": result.before["perplexity"],
             "perplexity_after": result.after["perplexity"],
-            "steps": len(result.history),
+            "steps": int(sum(r.get("update_steps", 1) for r in result.history)),  # a PPO iteration takes several
             "train_seconds": train_seconds,
             "wall_seconds": wall,
             "data_seconds": 0.0 if method == "ppo" else data["seconds"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shlex
 import tempfile
@@ -81,6 +82,8 @@ def print_side(console: Console, name: str, result: dict[str, Any]) -> None:
 
 def check(key: str, value: float) -> str:
     bound, op = TARGETS[key]
+    if math.isnan(value):
+        return f"NOT measured (target {op} {bound}): too few steps for a moving mean, or no level both reach"
     ok = value <= bound if op == "<=" else value >= bound
     return f"{'met' if ok else 'NOT met'} (target {op} {bound})"
 
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key in RESULT_KEYS:
         console.print(f"  {key} = {ratios[key]:.3f}  {check(key, ratios[key])}", highlight=False)
     console.print(f"results and logs: {out}", highlight=False)
-    line = {key: ratios[key] for key in RESULT_KEYS}
+    line = {key: None if math.isnan(ratios[key]) else ratios[key] for key in RESULT_KEYS}  # null: not measurable
     print(json.dumps(line))
     return {**line, "details": details, "out": str(out)}
 
