@@ -193,7 +193,7 @@ class PPOTrainer(OnPolicyTrainer):
             finite = bool(torch.isfinite(loss))
             if self.dist.any(not finite):  # every rank stops, not only the one that saw it
                 where = self.culprits(rollout, micro) if not finite else "in another process's minibatch"
-                raise TrainingError(f"the loss is {float(loss)} {where}")
+                raise TrainingError(f"the loss is {float(loss.detach())} {where}")
             self.dist.backward(loss if n_micro == 1 else loss / n_micro)
             if n_micro == 1:
                 return loss, stats

@@ -65,9 +65,19 @@ class Scores:
 @contextmanager
 def head_inputs(model: PreTrainedModel) -> Iterator[list[torch.Tensor]]:
     """Record the inputs of the LM head: the final hidden states, after the last
-    norm and any model-specific scaling, exactly what the logits are made from."""
+    norm and any model-specific scaling, exactly what the logits are made from.
+
+    The input is made contiguous first: with ``logits_to_keep`` it is a slice of the
+    [B, S, H] states, and a strided 3-D input turns the head's matmul into a batched
+    one of B small products (measured: ~6x slower than one [B·G, H] × [H, V] product)."""
     captured: list[torch.Tensor] = []
-    handle = model.get_output_embeddings().register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+
+    def hook(_module: nn.Module, args: tuple) -> tuple:
+        states = args[0].contiguous()
+        captured.append(states)
+        return (states, *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(hook)
     try:
         yield captured
     finally:
