@@ -44,9 +44,11 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install -q -e '.[bench]'
 	touch $(BENCH_STAMP)
 
-# lmgym vs TRL's GRPOTrainer on the bundled model (many minutes on a CPU); the four ratios end in one JSON line.
+# lmgym vs TRL's GRPOTrainer on the bundled model (about 25 minutes on this CPU); the ratios end in one JSON line.
+# One thread per side and a shared time cap: the measured configuration (README, "Speed"); drop them for 2 threads
+# and 30 steps on a machine with nothing else running.
 bench: $(BENCH_STAMP)
-	$(BIN)/python benchmarks/vs_trl.py
+	$(BIN)/python benchmarks/vs_trl.py --threads 1 --max-seconds 1140
 
 # Seconds per phase of one lmgym PPO iteration, tokens/s, update FLOP/s against the matmul peak.
 bench-speed: $(STAMP)
