@@ -67,18 +67,12 @@ class RunDir:
 
     def plot(self) -> Path | None:
         """Task reward and KL per iteration, from metrics.jsonl."""
-        records = [r for r in self.read_metrics() if r.get("kind") == "train"]
+        records, evals = self.train_and_eval_records()
         if not records:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         its = [r["iteration"] for r in records]
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig, axes = self.figure()
         axes[0].plot(its, [r["reward/task"] for r in records], label="train reward")
-        evals = [r for r in self.read_metrics() if r.get("kind") == "eval"]
         if evals:
             axes[0].plot([r["iteration"] for r in evals], [r["eval/reward"] for r in evals], "o--", label="eval reward")
         axes[0].set_xlabel("iteration")
@@ -90,9 +84,28 @@ class RunDir:
         ax2 = axes[1].twinx()
         ax2.plot(its, [r["kl_coef"] for r in records], color="tab:gray", ls=":", label="β")
         ax2.set_ylabel("β")
+        return self.save_figure(fig, "reward_kl.png")
+
+    def train_and_eval_records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        records = self.read_metrics()
+        return [r for r in records if r.get("kind") == "train"], [r for r in records if r.get("kind") == "eval"]
+
+    @staticmethod
+    def figure() -> tuple[Any, Any]:
+        """A figure of two panels side by side, drawn off-screen."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        return plt.subplots(1, 2, figsize=(10, 3.6))
+
+    def save_figure(self, fig: Any, name: str) -> Path:
+        import matplotlib.pyplot as plt
+
         fig.suptitle(self.root.name)
         fig.tight_layout()
-        out = self.plots / "reward_kl.png"
+        out = self.plots / name
         self.plots.mkdir(exist_ok=True)
         fig.savefig(out, dpi=110)
         plt.close(fig)

@@ -64,29 +64,17 @@ class OfflineRunDir(RunDir):
     """Plots the training loss per gradient step (there is no rollout reward or KL) and the eval reward."""
 
     def plot(self) -> Path | None:
-        records = [r for r in self.read_metrics() if r.get("kind") == "train"]
+        records, evals = self.train_and_eval_records()
         if not records:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig, axes = self.figure()
         axes[0].plot([r["iteration"] for r in records], [r["loss/total"] for r in records])
         axes[0].set_xlabel("gradient step")
         axes[0].set_ylabel("training loss")
-        evals = [r for r in self.read_metrics() if r.get("kind") == "eval"]
         axes[1].plot([r["iteration"] for r in evals], [r["eval/reward"] for r in evals], "o--")
         axes[1].set_xlabel("gradient step")
         axes[1].set_ylabel("held-out reward")
-        fig.suptitle(self.root.name)
-        fig.tight_layout()
-        out = self.plots / "loss_reward.png"
-        self.plots.mkdir(exist_ok=True)
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        return out
+        return self.save_figure(fig, "loss_reward.png")
 
 
 class OfflineTrainer(OnPolicyTrainer):

@@ -80,10 +80,13 @@ def compute_task_rewards(
 ) -> torch.Tensor:
     """The task reward as a [B, G] tensor: per token, or the sequence score on the last token."""
     lengths = gen_mask.sum(-1).tolist()
-    meta = []
-    for i, sample in enumerate(samples):
-        ids = gen_ids[i, : lengths[i]].tolist()
-        meta.append({**sample.meta, "gen_token_ids": ids, "gen_tokens": [tokenizer.decode([t]) for t in ids]})
+    rows = [row[:n] for row, n in zip(gen_ids.tolist(), lengths, strict=True)]  # one device-to-host copy
+    # Every generated token's text in one batched call to the tokenizer, then cut back into rows.
+    pieces = iter(tokenizer.batch_decode([[t] for row in rows for t in row]))
+    meta = [
+        {**sample.meta, "gen_token_ids": ids, "gen_tokens": [next(pieces) for _ in ids]}
+        for sample, ids in zip(samples, rows, strict=True)
+    ]
     raw = reward([s.prompt for s in samples], generations, [list(s.references) for s in samples], meta)
     try:
         scores = check_scores(reward, raw, lengths)
@@ -91,13 +94,13 @@ def compute_task_rewards(
         if err.index is None:
             raise
         raise RewardError(f"{err}: {describe_sample(samples[err.index], generations[err.index])}", err.index) from None
-    out = torch.zeros(gen_ids.shape, dtype=torch.float32, device=gen_ids.device)
+    out = torch.zeros(gen_ids.shape, dtype=torch.float32)  # filled on the host, then moved in one copy
     for i, row in enumerate(scores):
         if reward.per_token:
             out[i, : lengths[i]] = torch.tensor(row, dtype=torch.float32)
         else:
             out[i, lengths[i] - 1] = row
-    return out
+    return out.to(gen_ids.device)
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from lmgym.data.hub import HubSpec, get_field, load_rows
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task, register_task
 from lmgym.data.tasks import sentiment as pieces
-from lmgym.data.tasks.common import choose, describe_source, metric_reward, resolve_sizes, take, to_samples
+from lmgym.data.tasks.common import build_task, choose, metric_reward, resolve_sizes, take_splits
 from lmgym.rewards.base import Reward
 
 HUB = HubSpec("abisee/cnn_dailymail", "3.0.0", ("train", "validation", "test"), ("article", "highlights"))
@@ -238,16 +238,13 @@ def cnn_dailymail_task(
         lambda: offline_rows(seed, offline_sizes["train"], offline_sizes["val"], offline_sizes["test"]),
     )
     sizes = resolve_sizes(n_train, n_val, n_test, OFFLINE_SIZES, loaded.source == "offline")
-    rows = {
-        ours: take(loaded.splits[hub], sizes[ours], seed)
-        for ours, hub in (("train", "train"), ("val", "validation"), ("test", "test"))
-    }
-    return Task(
-        name="cnn_dailymail",
-        splits={split: to_samples(r, "cnn_dailymail", split, _convert) for split, r in rows.items()},
-        reward=summary_reward(reward),
-        description=f"Summarise a news article; reward {reward}. "
-        f"Data: {describe_source('cnn_dailymail', loaded.source)}.",
-        metrics=METRICS,
-        generation={"max_new_tokens": MAX_NEW_TOKENS},
+    return build_task(
+        "cnn_dailymail",
+        take_splits(loaded.splits, sizes, seed),
+        _convert,
+        summary_reward(reward),
+        f"Summarise a news article; reward {reward}.",
+        loaded.source,
+        METRICS,
+        MAX_NEW_TOKENS,
     )

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lmgym.data.hub import DataFormatError, Rows
 from lmgym.data.sample import Sample
+from lmgym.data.task import Task
 from lmgym.rewards.base import Reward
 from lmgym.rewards.compose import Affine, LazyReward, WeightedSum  # noqa: F401  (composition lives in rewards/)
 
 log = logging.getLogger(__name__)
 
 OUR_SPLITS = ("train", "val", "test")
+# (our split, hub split) for hub datasets with train/validation/test splits.
+HUB_SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))
 
 
 def resolve_sizes(
@@ -44,6 +47,11 @@ def take(rows: Rows, n: int | None, seed: int) -> Rows:
     if n is None or n >= len(rows):
         return rows
     return rows.select(sorted(random.Random(seed).sample(range(len(rows)), n)))
+
+
+def take_splits(splits: Mapping[str, Rows], sizes: dict[str, int | None], seed: int) -> dict[str, Rows]:
+    """Our train/val/test from the hub's train/validation/test splits, each a seeded `take` of its size."""
+    return {ours: take(splits[hub], sizes[ours], seed) for ours, hub in HUB_SPLITS}
 
 
 def carve(rows: Rows, n_held_out: int, seed: int) -> tuple[Rows, Rows]:
@@ -83,6 +91,28 @@ def to_samples(
 def describe_source(task: str, source: str) -> str:
     log.info("task %r: data from %s", task, source)
     return "offline generator" if source == "offline" else source
+
+
+def build_task(
+    name: str,
+    rows: dict[str, Rows],
+    convert: Callable[[dict[str, Any], str, int], Sample | list[Sample] | None],
+    reward: Reward,
+    description: str,
+    source: str,
+    metrics: tuple[str, ...],
+    max_new_tokens: int,
+) -> Task:
+    """The task from its rows per split (converted with `to_samples`); ``source`` is the loaded data's
+    source, named after ``description``."""
+    return Task(
+        name=name,
+        splits={split: to_samples(r, name, split, convert) for split, r in rows.items()},
+        reward=reward,
+        description=f"{description} Data: {describe_source(name, source)}.",
+        metrics=metrics,
+        generation={"max_new_tokens": max_new_tokens},
+    )
 
 
 # --- rewards built from the metric registry on first use --------------------------------------------

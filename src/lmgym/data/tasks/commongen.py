@@ -24,13 +24,12 @@ from lmgym.data.task import Task, register_task
 from lmgym.data.tasks.common import (
     LazyReward,
     WeightedSum,
+    build_task,
     carve,
     choose,
-    describe_source,
     metric_reward,
     resolve_sizes,
     take,
-    to_samples,
 )
 from lmgym.rewards.base import Reward
 
@@ -270,12 +269,13 @@ def commongen_task(
         "val": val_sets,
         "test": take(group_rows(loaded.splits["validation"]), sizes["test"], seed),
     }
-    return Task(
-        name="commongen",
-        splits={split: to_samples(r, "commongen", split, _convert) for split, r in rows.items()},
-        reward=commongen_reward(reward),
-        description=f"Write one sentence that uses every given concept; reward {reward}. "
-        f"Data: {describe_source('commongen', loaded.source)}.",
-        metrics=METRICS,
-        generation={"max_new_tokens": MAX_NEW_TOKENS},
+    return build_task(
+        "commongen",
+        rows,
+        _convert,
+        commongen_reward(reward),
+        f"Write one sentence that uses every given concept; reward {reward}.",
+        loaded.source,
+        METRICS,
+        MAX_NEW_TOKENS,
     )

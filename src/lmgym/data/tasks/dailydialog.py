@@ -24,6 +24,7 @@ from lmgym.data.sample import Sample
 from lmgym.data.task import Task, register_task
 from lmgym.data.tasks.classifiers import INTENT_LABELS
 from lmgym.data.tasks.common import (
+    HUB_SPLITS,
     LazyReward,
     WeightedSum,
     describe_source,
@@ -238,7 +239,7 @@ def dailydialog_task(
     # Sizes count samples (turns), not dialogues; None keeps every turn of the split.
     sizes = resolve_sizes(n_train, n_val, n_test, OFFLINE_DIALOGUES, offline=False)
     splits = {}
-    for ours, hub_split in (("train", "train"), ("val", "validation"), ("test", "test")):
+    for ours, hub_split in HUB_SPLITS:
         samples = to_samples(loaded.splits[hub_split], "dailydialog", ours, _convert)
         n = sizes[ours]
         if n is not None and n < len(samples):

@@ -23,7 +23,7 @@ from lmgym.data.hub import HubSpec, get_field, load_rows
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task, register_task
 from lmgym.data.tasks import sentiment as pieces
-from lmgym.data.tasks.common import Affine, LazyReward, carve, describe_source, resolve_sizes, take, to_samples
+from lmgym.data.tasks.common import Affine, LazyReward, build_task, carve, resolve_sizes, take
 from lmgym.rewards.base import Reward
 
 HUB = HubSpec("stanfordnlp/imdb", None, ("train", "test"), ("text", "label"))
@@ -248,12 +248,14 @@ def imdb_task(
         "val": val_rows,
         "test": take(loaded.splits["test"], sizes["test"], seed),
     }
-    return Task(
-        name="imdb",
-        splits={split: to_samples(r, "imdb", split, _convert) for split, r in rows.items()},
-        reward=sentiment_reward(classifier),
-        description="Continue the first half of a movie review so that it reads as positive; reward = "
-        f"P(positive) from the {classifier} classifier. Data: {describe_source('imdb', loaded.source)}.",
-        metrics=METRICS,
-        generation={"max_new_tokens": MAX_NEW_TOKENS},
+    return build_task(
+        "imdb",
+        rows,
+        _convert,
+        sentiment_reward(classifier),
+        "Continue the first half of a movie review so that it reads as positive; reward = "
+        f"P(positive) from the {classifier} classifier.",
+        loaded.source,
+        METRICS,
+        MAX_NEW_TOKENS,
     )

@@ -20,7 +20,7 @@ from lmgym.data.hub import DataFormatError, HubSpec, get_field, load_rows, recor
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task, register_task
 from lmgym.data.tasks import sentiment as pieces
-from lmgym.data.tasks.common import choose, describe_source, metric_reward, resolve_sizes, take, to_samples
+from lmgym.data.tasks.common import build_task, choose, metric_reward, resolve_sizes, take_splits
 from lmgym.rewards.base import Reward
 
 HUB = HubSpec("deepmind/narrativeqa", None, ("train", "validation", "test"), ("document", "question", "answers"))
@@ -158,16 +158,13 @@ def narrativeqa_task(
     """GRUE NarrativeQA: answer a question about a story (hub deepmind/narrativeqa or offline)."""
     loaded = load_rows("narrativeqa", HUB, source, path, lambda: offline_rows(seed, *OFFLINE_STORIES))
     sizes = resolve_sizes(n_train, n_val, n_test, OFFLINE_STORIES, offline=False)  # None: every question
-    rows = {
-        ours: take(loaded.splits[hub], sizes[ours], seed)
-        for ours, hub in (("train", "train"), ("val", "validation"), ("test", "test"))
-    }
-    return Task(
-        name="narrativeqa",
-        splits={split: to_samples(r, "narrativeqa", split, _convert) for split, r in rows.items()},
-        reward=qa_reward(reward),
-        description=f"Answer a question about a story summary; reward {reward}. "
-        f"Data: {describe_source('narrativeqa', loaded.source)}.",
-        metrics=METRICS,
-        generation={"max_new_tokens": MAX_NEW_TOKENS},
+    return build_task(
+        "narrativeqa",
+        take_splits(loaded.splits, sizes, seed),
+        _convert,
+        qa_reward(reward),
+        f"Answer a question about a story summary; reward {reward}.",
+        loaded.source,
+        METRICS,
+        MAX_NEW_TOKENS,
     )

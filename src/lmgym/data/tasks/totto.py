@@ -28,7 +28,7 @@ from lmgym.data.hub import DataFormatError, HubSpec, Rows, get_field, load_rows,
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task, register_task
 from lmgym.data.tasks import sentiment as pieces
-from lmgym.data.tasks.common import carve, choose, describe_source, metric_reward, resolve_sizes, take, to_samples
+from lmgym.data.tasks.common import build_task, carve, choose, metric_reward, resolve_sizes, take
 from lmgym.rewards.base import Reward
 
 HUB = HubSpec(
@@ -288,12 +288,13 @@ def totto_task(
         "val": val,
         "test": take(loaded.splits["validation"], sizes["test"], seed),
     }
-    return Task(
-        name="totto",
-        splits={split: to_samples(r, "totto", split, _convert) for split, r in rows.items()},
-        reward=totto_reward(reward),
-        description=f"Describe the highlighted cells of a table in one sentence; reward {reward}. "
-        f"Data: {describe_source('totto', loaded.source)}.",
-        metrics=METRICS,
-        generation={"max_new_tokens": MAX_NEW_TOKENS},
+    return build_task(
+        "totto",
+        rows,
+        _convert,
+        totto_reward(reward),
+        f"Describe the highlighted cells of a table in one sentence; reward {reward}.",
+        loaded.source,
+        METRICS,
+        MAX_NEW_TOKENS,
     )

@@ -18,13 +18,14 @@ Reward: ``1 − TER`` (default, as in GRUE) or chrF, both from the metric regist
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from lmgym.data.hub import DataFormatError, HubSpec, get_field, load_rows
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task
-from lmgym.data.tasks.common import choose, describe_source, metric_reward, resolve_sizes, take, to_samples
+from lmgym.data.tasks.common import build_task, choose, metric_reward, resolve_sizes, take_splits
 from lmgym.rewards.base import Reward
 
 PREFIX = "translate English to German: "
@@ -209,17 +210,32 @@ def translation_task(
         lambda: offline_rows(seed, style, offline_sizes["train"], offline_sizes["val"], offline_sizes["test"]),
     )
     sizes = resolve_sizes(n_train, n_val, n_test, OFFLINE_SIZES, loaded.source == "offline")
-    rows = {
-        "train": take(loaded.splits["train"], sizes["train"], seed),
-        "val": take(loaded.splits["validation"], sizes["val"], seed),
-        "test": take(loaded.splits["test"], sizes["test"], seed),
-    }
-    return Task(
-        name=name,
-        splits={split: to_samples(r, name, split, _convert) for split, r in rows.items()},
-        reward=translation_reward(reward),
-        description=f"Translate English to German; reward {'1 − TER' if reward == 'ter' else reward}. "
-        f"Data: {describe_source(name, loaded.source)}.",
-        metrics=METRICS,
-        generation={"max_new_tokens": MAX_NEW_TOKENS},
+    return build_task(
+        name,
+        take_splits(loaded.splits, sizes, seed),
+        _convert,
+        translation_reward(reward),
+        f"Translate English to German; reward {'1 − TER' if reward == 'ter' else reward}.",
+        loaded.source,
+        METRICS,
+        MAX_NEW_TOKENS,
     )
+
+
+def translation_factory(name: str, hub: HubSpec, style: str, description: str) -> Callable[..., Task]:
+    """The registered factory of one translation task (``wmt16``, ``iwslt2017``): same arguments for each."""
+
+    def factory(
+        source: str = "auto",
+        path: Any = None,
+        seed: int = 0,
+        n_train: int | None = None,
+        n_val: int | None = None,
+        n_test: int | None = None,
+        reward: str = "ter",
+    ) -> Task:
+        return translation_task(name, hub, style, source, path, seed, n_train, n_val, n_test, reward)
+
+    factory.__name__ = factory.__qualname__ = f"{name}_task"
+    factory.__doc__ = description
+    return factory
