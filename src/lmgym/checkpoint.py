@@ -38,8 +38,11 @@ def _fsync_tree(path: Path) -> None:
     _fsync_dir(path)
 
 
-def optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
+def optimizer_to_safetensors(
+    optimizer: torch.optim.Optimizer | dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and JSON of an optimizer (or of its ``state_dict()``)."""
+    state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
     for idx, per_param in state["state"].items():
@@ -52,6 +55,11 @@ def optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str
 
 
 def optimizer_from_safetensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    optimizer.load_state_dict(optimizer_state(tensors, meta))
+
+
+def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, Any]:
+    """The ``state_dict()`` that `optimizer_to_safetensors` wrote."""
     per_param: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         idx, key = name.split(".", 1)
@@ -59,7 +67,7 @@ def optimizer_from_safetensors(optimizer: torch.optim.Optimizer, tensors: dict[s
     for name, value in meta["scalars"].items():
         idx, key = name.split(".", 1)
         per_param.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
+    return {"state": per_param, "param_groups": meta["param_groups"]}
 
 
 def save_checkpoint(
@@ -68,19 +76,25 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     trainer_state: dict[str, Any],
     extra_modules: dict[str, torch.nn.Module] | None = None,
+    policy_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """``extra_modules`` (file name → module, e.g. NLPO's mask policy) land in the same
-    temporary folder, so they are committed by the same rename."""
+    temporary folder, so they are committed by the same rename. ``policy_state`` and ``optimizer_state``
+    replace the modules' own state dicts (a sharded run passes its gathered, whole tensors)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".tmp-{directory.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_model(policy, str(tmp / "policy.safetensors"))
+    if policy_state is None:
+        save_model(policy, str(tmp / "policy.safetensors"))
+    else:
+        save_file({k: v.contiguous() for k, v in policy_state.items()}, str(tmp / "policy.safetensors"))
     for file_name, module in (extra_modules or {}).items():
         save_model(module, str(tmp / file_name))
-    tensors, meta = optimizer_to_safetensors(optimizer)
+    tensors, meta = optimizer_to_safetensors(optimizer_state if optimizer_state is not None else optimizer)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta), encoding="utf-8")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1), encoding="utf-8")
@@ -130,16 +144,27 @@ def load_checkpoint(
     policy: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     extra_modules: dict[str, torch.nn.Module] | None = None,
+    dist: Any = None,
 ) -> dict[str, Any]:
+    """Load a checkpoint into the modules and optimizer; ``dist`` (lmgym.distributed.Distributed) loads the
+    whole tensors into a sharded policy, each rank keeping its slice."""
     directory = Path(directory)
-    load_model(policy, str(directory / "policy.safetensors"))
+    sharded = dist is not None and dist.sharded
+    if sharded:
+        dist.load_full_state_dict(policy, load_file(str(directory / "policy.safetensors")))
+    else:
+        load_model(policy, str(directory / "policy.safetensors"))
     for file_name, module in (extra_modules or {}).items():
         if not (directory / file_name).exists():
             raise FileNotFoundError(f"checkpoint {directory} lacks {file_name}; it was written by another algorithm")
         load_model(module, str(directory / file_name))
     if optimizer is not None:
         meta = json.loads((directory / "optimizer.json").read_text(encoding="utf-8"))
-        optimizer_from_safetensors(optimizer, load_file(str(directory / "optimizer.safetensors")), meta)
+        tensors = load_file(str(directory / "optimizer.safetensors"))
+        if sharded:
+            dist.load_full_optimizer_state(policy, optimizer, optimizer_state(tensors, meta))
+        else:
+            optimizer_from_safetensors(optimizer, tensors, meta)
     return json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
 
 

@@ -139,6 +139,9 @@ def bench(
     profile: Annotated[str, typer.Option(help="grue: 'offline' (bundled model) or 'hub' (GRUE's models)")] = "offline",
     out: Annotated[Path, typer.Option(help="grue: output folder (rerun to continue it)")] = Path("runs/grue"),
     set_: Annotated[list[str], typer.Option("--set", help="grue: override a key of every cell's config")] = [],  # noqa: B006
+    report: Annotated[
+        bool, typer.Option(help="grue: only rewrite the leaderboard and plots from the finished cells in --out")
+    ] = False,
 ) -> None:
     """Run a benchmark."""
     if which == "grue":
@@ -147,7 +150,7 @@ def bench(
         from lmgym.bench.grue import run_grue
 
         try:
-            run_grue(out, tasks, algos, profile, budget, quick, set_, console=console)
+            run_grue(out, tasks, algos, profile, budget, quick, set_, console=console, report=report)
         except _user_errors() as err:
             _fail(err)
         return

@@ -332,6 +332,14 @@ class AccelerateConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="recompute each block's activations in the backward pass (less memory, ~30% slower)"
     )
+    sharding: Literal["auto", "none", "full", "grad_op"] = Field(
+        "auto",
+        description="shard the policy and reference over the processes with FSDP (torch fully_shard, one unit per "
+        "transformer block): 'full' frees each block's gathered weights after its forward pass (like ZeRO-3), "
+        "'grad_op' keeps them until the backward pass (like ZeRO-2); both shard weights, gradients and optimizer "
+        "state. 'none': replicated weights (data parallel). 'auto': the launcher's setting (an accelerate config "
+        "with distributed_type FSDP), else 'none'. Ignored with one process",
+    )
 
 
 class PeftSettings(Section):

@@ -4,7 +4,7 @@ Launch any trainer with ``torchrun --nproc_per_node N`` or ``accelerate launch``
 configs in ``configs/accelerate/``): accelerate's `PartialState` reads the launcher's environment, joins the
 process group (NCCL on GPUs, gloo on CPUs) and picks this process's device.
 
-The scheme is plain data parallelism with replicated weights:
+The default scheme is plain data parallelism with replicated weights:
 
 - every rank holds the whole policy and optimizer; the same seed gives the same initial weights;
 - the global batch (``rollout.batch_size`` completions) is split by prompt, each rank generates and scores
@@ -16,6 +16,15 @@ The scheme is plain data parallelism with replicated weights:
 
 Gradients are averaged after backward rather than through DDP's forward hooks, so every loss term works
 (PPO-ptx batches, NLPO's masked scores, separate critics) whatever forward pass produced it.
+
+With ``accelerate.sharding`` (or an accelerate FSDP config) the policy and the reference are instead sharded
+over the ranks with FSDP (torch's ``fully_shard``, one unit per transformer block and one for the rest): each
+rank stores a slice of every weight, gradient and optimizer state, and gathers a block's weights only while it
+runs. FSDP averages those gradients itself (a reduce-scatter), so `average_gradients` then handles only the
+replicated rest (the value head). Everything else stays as above; generation keeps the ranks in step (a rank
+that has finished its batch still joins the forward passes of the others), every rank takes part in evaluation
+(FSDP's gathers are collective) and checkpoints hold full, unsharded tensors, so a sharded run resumes with any
+number of processes, sharded or not.
 
 With one process every helper here returns at once: no collective runs and nothing is copied.
 """
@@ -34,8 +43,9 @@ import torch.distributed as dist
 T = TypeVar("T")
 
 _PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# What `accelerate launch` sets when its config asks for sharded weights.
-_SHARDING_LAUNCHERS = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
+SHARDINGS = ("none", "full", "grad_op")
+# accelerate's FSDP1 sharding strategies, as lmgym's FSDP2 settings.
+_FSDP1_STRATEGIES = {"FULL_SHARD": "full", "SHARD_GRAD_OP": "grad_op", "NO_SHARD": "none"}
 
 
 class DistributedError(RuntimeError):
@@ -52,6 +62,35 @@ def _launcher_precision() -> str:
     return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
 
 
+def launcher_sharding() -> str:
+    """The sharding an `accelerate launch` config asks for ('none' without one), read by accelerate's own
+    FSDP plugin from the variables the launcher sets."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise DistributedError(
+            "the launcher asks for DeepSpeed, which lmgym does not drive; its FSDP sharding gives the same memory "
+            "savings: ZeRO-3 is accelerate.sharding=full, ZeRO-2 is accelerate.sharding=grad_op (or launch with "
+            "configs/accelerate/fsdp.yaml)"
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+        return "none"
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version == 2:
+        return "full" if plugin.reshard_after_forward in (True, None) else "grad_op"
+    strategy = getattr(plugin.sharding_strategy, "name", str(plugin.sharding_strategy))
+    if strategy not in _FSDP1_STRATEGIES:
+        raise DistributedError(
+            f"the launcher's FSDP sharding strategy {strategy} is not supported; use FULL_SHARD or SHARD_GRAD_OP"
+        )
+    return _FSDP1_STRATEGIES[strategy]
+
+
+def is_sharded_tensor(tensor: torch.Tensor) -> bool:
+    """A parameter (or gradient) FSDP has split over the ranks (a DTensor)."""
+    return type(tensor).__name__ == "DTensor"
+
+
 @dataclass
 class Distributed:
     """This process's place in the run: rank, world size, device, precision, and the collectives it needs."""
@@ -62,24 +101,23 @@ class Distributed:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     mixed_precision: str = "no"  # 'no' | 'bf16' | 'fp16'
     scaler: Any = None  # torch.amp.GradScaler with fp16
+    sharding: str = "none"  # 'none' (replicated weights) | 'full' | 'grad_op' (FSDP)
 
     @classmethod
-    def setup(cls, mixed_precision: str = "auto", device: str = "auto") -> Distributed:
-        """Join the launcher's process group (if any) and choose device and precision.
+    def setup(cls, mixed_precision: str = "auto", device: str = "auto", sharding: str = "auto") -> Distributed:
+        """Join the launcher's process group (if any) and choose device, precision and sharding.
 
         ``mixed_precision='auto'`` takes the launcher's setting (``accelerate launch --mixed_precision``),
-        else none. ``device='auto'`` is this rank's GPU when there is one, else the CPU.
+        else none. ``device='auto'`` is this rank's GPU when there is one, else the CPU. ``sharding='auto'``
+        takes the launcher's FSDP setting, else none; with one process nothing is sharded.
         """
         precision = _launcher_precision() if mixed_precision == "auto" else mixed_precision
         if precision not in ("no", *_PRECISIONS):
             raise DistributedError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {precision!r}")
-        sharded = [name for name, var in _SHARDING_LAUNCHERS.items() if os.environ.get(var, "").lower() == "true"]
-        if sharded:
-            raise DistributedError(
-                f"the launcher asks for {sharded[0]}: lmgym trains with replicated weights (data parallel) only; "
-                "use a multi-GPU accelerate config without FSDP/DeepSpeed (configs/accelerate/multi_gpu.yaml), and "
-                "LoRA (the peft section) for models too large to replicate"
-            )
+        launched = launcher_sharding()  # also refuses a DeepSpeed launcher, whatever the config says
+        sharding = launched if sharding == "auto" else sharding
+        if sharding not in SHARDINGS:
+            raise DistributedError(f"accelerate.sharding must be one of auto, {', '.join(SHARDINGS)}; got {sharding!r}")
         world = launched_world_size()
         cuda = torch.cuda.is_available() and device in ("auto", "cuda")
         if device == "cuda" and not torch.cuda.is_available():
@@ -98,6 +136,12 @@ class Distributed:
                 device=state.device,
                 mixed_precision=precision,
             )
+        out.sharding = sharding if out.world_size > 1 else "none"
+        if out.sharded:
+            # accelerate's launcher asks transformers to load the weights on the main process alone and leave
+            # the others empty for a broadcast that only accelerate's own FSDP wrapping does; lmgym shards the
+            # loaded model itself, so every process reads the checkpoint.
+            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
         if precision == "fp16":
             if out.device.type != "cuda":
                 raise DistributedError("mixed_precision=fp16 needs a GPU; on a CPU use bf16 or no")
@@ -114,6 +158,11 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        """Weights are split over the ranks (FSDP): every forward pass is collective."""
+        return self.sharding != "none"
 
     def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's contiguous slice of a list the ranks agree on (its length must split evenly)."""
@@ -173,11 +222,11 @@ class Distributed:
 
     @torch.no_grad()
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
-        """Copy the main process's trainable parameters to every rank."""
+        """Copy the main process's trainable (replicated) parameters to every rank."""
         if not self.enabled:
             return
         for p in module.parameters():
-            if p.requires_grad:
+            if p.requires_grad and not is_sharded_tensor(p):
                 dist.broadcast(p.data, src=0)
 
     def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
@@ -189,7 +238,7 @@ class Distributed:
         """
         if not self.enabled:
             return
-        params = list(params)
+        params = [p for p in params if not is_sharded_tensor(p)]  # FSDP reduce-scattered those already
         present = self.sum(torch.tensor([p.grad is not None for p in params], dtype=torch.float32))
         params = [p for p, n in zip(params, present.tolist(), strict=True) if n > 0]
         for p in params:
@@ -205,6 +254,88 @@ class Distributed:
             n = p.numel()
             p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
             offset += n
+
+    def clip_grad_norm(self, params: Iterable[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
+        """The global norm of the gradients, and, with ``max_norm``, gradients scaled down to it (torch's
+        ``clip_grad_norm_``). Sharded gradients count each rank's slice once, replicated ones once in all."""
+        params = [p for p in params if p.grad is not None]
+        if not any(is_sharded_tensor(p.grad) for p in params):
+            if max_norm is None:
+                return torch.norm(torch.stack([p.grad.norm() for p in params]))
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        local = [p.grad.to_local() for p in params if is_sharded_tensor(p.grad)]
+        replicated = [p.grad for p in params if not is_sharded_tensor(p.grad)]
+        sharded_sq = self.sum(torch.stack([g.float().pow(2).sum() for g in local]).sum())
+        replicated_sq = torch.stack([g.float().pow(2).sum() for g in replicated]).sum() if replicated else 0.0
+        total = (sharded_sq + replicated_sq).sqrt()
+        if max_norm is not None:
+            coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+            for p in params:
+                p.grad.mul_(coef.to(p.grad.dtype))
+        return total
+
+    # --- FSDP sharding ------------------------------------------------------------------------------
+
+    def shard_model(self, model: torch.nn.Module, blocks: Sequence[torch.nn.Module]) -> None:
+        """Split ``model``'s weights over the ranks: one FSDP unit per transformer block, one for the rest
+        (embeddings, final norm, LM head). Every rank must call it on the same model."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        reshard = self.sharding == "full"
+        for block in blocks:
+            fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
+        fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+
+    def full_state_dict(self, module: torch.nn.Module, every_rank: bool = False) -> dict[str, torch.Tensor]:
+        """``module.state_dict()`` with sharded tensors gathered whole; collective: every rank must call it.
+        By default on the main process only (empty on the others, on the CPU, tied weights once: for files);
+        ``every_rank``: on every rank and device, with every name (to load into a module)."""
+        if not self.sharded:
+            return module.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
+        state = get_model_state_dict(module, options=options)
+        if every_rank:
+            return state
+        return {name: state[name] for name in _untied_names(module) if name in state}
+
+    def load_full_state_dict(self, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load whole tensors (e.g. from a checkpoint) into ``module``, each rank keeping its slice."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+    def full_optimizer_state(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """``optimizer.state_dict()`` of a sharded model with whole tensors, in torch's own layout (states keyed
+        by parameter index), so that it loads into an unsharded run too. Collective; main process only."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        by_name = get_optimizer_state_dict(module, optimizer, options=options)
+        if not self.is_main:
+            return {}
+        names = _parameter_names(module, optimizer)
+        index = {name: i for i, name in enumerate(names)}
+        groups = []
+        for group in by_name["param_groups"]:
+            groups.append({**group, "params": [index[n] for n in group["params"]]})
+        return {"state": {index[n]: v for n, v in by_name["state"].items()}, "param_groups": groups}
+
+    def load_full_optimizer_state(
+        self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    ) -> None:
+        """Load `full_optimizer_state`'s layout (or an unsharded run's ``optimizer.state_dict()``)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = _parameter_names(module, optimizer)
+        by_name = {
+            "state": {names[int(i)]: v for i, v in state["state"].items()},
+            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]],
+        }
+        set_optimizer_state_dict(module, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
     # --- precision -------------------------------------------------------------------------------
 
@@ -241,3 +372,17 @@ def main_process_first(state: Distributed) -> Iterator[None]:
     finally:
         if state.is_main:
             state.barrier()
+
+
+def _untied_names(module: torch.nn.Module) -> list[str]:
+    """State-dict names with one name per tied weight (the first, alphabetically, as safetensors keeps)."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in [*module.named_parameters(remove_duplicate=False), *module.named_buffers()]:
+        groups.setdefault(id(tensor), []).append(name)
+    return [sorted(names)[0] for names in groups.values()]
+
+
+def _parameter_names(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each optimizer parameter, in the order of torch's ``state_dict`` indices."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]

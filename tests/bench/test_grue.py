@@ -23,6 +23,7 @@ def test_quick_bench_fills_every_cell_and_resumes(tmp_path):
         for algo, cell in row.items():
             assert "error" not in cell, (task, algo, cell.get("error"))
             assert cell["num_prompts"] == 4
+            assert cell["iterations"] == 1  # read from the cell's run, as trained
             for key in ("reward", "perplexity", "distinct-1"):
                 assert math.isfinite(cell["scores"][key]), (task, algo, key)
         # The RL cell started from the supervised cell's final model.

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from lmgym.algos import get_trainer
 from lmgym.config import load_config
+from lmgym.distributed import is_sharded_tensor
 
 
 def token_reward(prompts, generations, references, meta) -> list[float]:
@@ -30,14 +31,23 @@ def train(out: Path, algo: str, overrides: list[str], resume: bool) -> None:
     config = load_config(None, [*overrides, f"algo={algo}", f"name={algo}"])
     trainer = get_trainer(config.algo)(config, console=Console(quiet=True), reward=token_reward, resume=resume)
     result = trainer.train()
-    rank = trainer.dist.rank
-    params = {name: p.detach().contiguous() for name, p in trainer.policy.named_parameters() if p.requires_grad}
+    rank, lm = trainer.dist.rank, trainer.policy.model
+    # Sharded (FSDP) parameters are gathered whole: every rank takes part, in the same order.
+    params = {
+        name: (p.full_tensor() if is_sharded_tensor(p) else p).detach().contiguous()
+        for name, p in trainer.policy.named_parameters()
+        if p.requires_grad
+    }
     save_file(params, str(out / f"{algo}-rank{rank}.safetensors"))
     info = {
         "world_size": trainer.dist.world_size,
         "rank": rank,
         "start_iteration": trainer.start_iteration,
         "history": result.history,
+        "sharding": trainer.dist.sharding,
+        # Elements of the language model's weights this process stores, and in all.
+        "lm_numel_local": sum((p.to_local() if is_sharded_tensor(p) else p).numel() for p in lm.parameters()),
+        "lm_numel": sum(p.numel() for p in lm.parameters()),
     }
     (out / f"{algo}-rank{rank}.json").write_text(json.dumps(info), encoding="utf-8")
 

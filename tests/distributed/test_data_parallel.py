@@ -50,7 +50,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(out: Path, nproc: int, algos: str, *extra: str) -> None:
+def run(out: Path, nproc: int, algos: str, *extra: str, env: dict[str, str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     args = [str(out), algos, f"run_dir={out / 'runs'}", *COMMON, *extra]
     if nproc == 1:
@@ -58,9 +58,9 @@ def run(out: Path, nproc: int, algos: str, *extra: str) -> None:
     else:
         launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
         cmd = [sys.executable, *launcher, str(SCRIPT), *args]
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+    environ = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    environ |= {"OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=environ)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
 

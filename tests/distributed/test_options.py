@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -32,6 +33,27 @@ def test_gradient_accumulation_matches_the_whole_minibatch(tmp_path: Path) -> No
     accumulated = train_steps(tmp_path, "accumulated", "accelerate.grad_accumulation_steps=2")
     assert_same(accumulated, whole)
     assert float(whole["value_head.weight"].abs().max()) > 1e-4  # the runs did train
+
+
+def test_micro_batches_are_weighted_by_their_tokens(tmp_path: Path) -> None:
+    """Completions that end early put fewer tokens in one micro-batch than in the other; the accumulated
+    gradient must still be the token mean of the whole minibatch (what one process gets in one pass)."""
+    trainer = make_trainer(tmp_path, "uneven")
+    rollout = trainer.rollout(trainer.train_samples[:8])
+    rollout.mask[:4, 2:] = 0  # the first micro-batch's completions end after 2 tokens, the second's after 6
+    rewards, _ = trainer.kl_penalised_rewards(rollout)
+    advantages, returns = trainer.advantages(rollout, rewards)
+    old = trainer.old_logprobs(rollout)
+
+    def gradient(micro_batches: int) -> dict[str, torch.Tensor]:
+        trainer.config.accelerate.grad_accumulation_steps = micro_batches
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.backward_minibatch(rollout, torch.arange(8), advantages, returns, old)
+        return {n: p.grad.clone() for n, p in trainer.policy.named_parameters() if p.grad is not None}
+
+    whole, accumulated = gradient(1), gradient(2)
+    assert_same(accumulated, whole)
+    assert max(float(g.abs().max()) for g in whole.values()) > 1e-4
 
 
 def test_gradient_checkpointing_recomputes_blocks_and_gives_the_same_update(tmp_path: Path) -> None:
@@ -70,6 +92,25 @@ def test_fp16_needs_a_gpu(tmp_path: Path) -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(DistributedError, match="fp16 needs a GPU"):
         make_trainer(tmp_path, "fp16", "accelerate.mixed_precision=fp16")
+
+
+def test_fp16_loss_scale_is_saved_and_restored(tmp_path: Path) -> None:
+    """The loss scaler's state (its scale after overflows) travels in the checkpoint's trainer state. fp16
+    itself needs a GPU; torch's CPU scaler has the same state."""
+    trainer = make_trainer(tmp_path, "scaled")
+    trainer.dist.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    p = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([p], lr=0.1)
+    trainer.dist.backward(p.sum())
+    p.grad[0] = float("inf")  # an overflow: the step is skipped and the scale halves
+    trainer.dist.step(optimizer)
+    assert trainer.dist.scaler.get_scale() == 512.0
+    state = json.loads(json.dumps(trainer.trainer_state(3)))  # as written to trainer_state.json
+
+    resumed = make_trainer(tmp_path, "resumed")
+    resumed.dist.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    resumed.restore_state(state)
+    assert resumed.dist.scaler.get_scale() == 512.0
 
 
 def test_vllm_backend_says_what_is_missing(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from lmgym.algos.onpolicy import OnPolicyTrainer
 from lmgym.config import ConfigError, load_config
-from lmgym.distributed import Distributed, DistributedError
+from lmgym.distributed import Distributed, DistributedError, launcher_sharding
 
 
 def check(world: int, *overrides: str, k: int = 1, supported: bool = True) -> None:
@@ -60,13 +60,38 @@ def test_shard_gives_each_rank_its_contiguous_slice() -> None:
         Distributed(rank=0, world_size=2).shard(items[:7])
 
 
-@pytest.mark.parametrize(
-    ("variable", "name"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")]
-)
-def test_sharded_launchers_are_refused_by_name(monkeypatch: pytest.MonkeyPatch, variable: str, name: str) -> None:
-    monkeypatch.setenv(variable, "true")
-    with pytest.raises(DistributedError, match=f"asks for {name}: .*replicated weights"):
+def test_deepspeed_launcher_is_refused_with_the_fsdp_equivalents(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(DistributedError, match=r"asks for DeepSpeed.*ZeRO-3 is accelerate\.sharding=full"):
         Distributed.setup()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"FSDP_VERSION": "2"}, "full"),
+        ({"FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "false"}, "grad_op"),
+        ({"FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}, "grad_op"),
+        ({"FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}, "full"),
+        ({"FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "NO_SHARD"}, "none"),
+    ],
+)
+def test_an_accelerate_fsdp_config_sets_the_sharding(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    """accelerate's own plugin reads the launcher's variables; 'auto' takes its answer, a config value wins."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert launcher_sharding() == expected
+    # One process: nothing to shard over, so the run is unsharded whatever was asked.
+    assert Distributed.setup("no", "cpu", "auto").sharding == "none"
+    assert Distributed.setup("no", "cpu", "full").sharding == "none"
+
+
+def test_an_unknown_sharding_is_refused() -> None:
+    with pytest.raises(DistributedError, match=r"accelerate\.sharding must be one of auto, none, full, grad_op"):
+        Distributed.setup("no", "cpu", "zero3")
 
 
 def test_launcher_precision_is_taken_when_the_config_says_auto(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -223,8 +223,8 @@ class ILQLTrainer(OfflineTrainer):
         if iteration % cfg.target_update_every == 0:
             self.policy.polyak(cfg.target_update_rate)
 
-    def save_final(self) -> None:
-        super().save_final()
+    def save_final(self, model_state: dict[str, torch.Tensor] | None = None) -> None:
+        super().save_final(model_state)
         save_model(self.policy.heads, str(self.run.final / HEADS_FILE))
         save_model(self.policy.target_q, str(self.run.final / TARGET_FILE))
 

@@ -221,7 +221,9 @@ class NLPOTrainer(PPOTrainer):
         return iteration > 1 and (iteration - 1) % self.mask_update_every == 0
 
     def refresh_mask_policy(self) -> None:
-        self.mask_model.load_state_dict(self.policy.model.state_dict())
+        # With sharded weights (FSDP) π_mask stays a whole copy on every rank: it runs inside generation's
+        # logits processor, which a rank that has finished its batch skips, so it must not need collectives.
+        self.mask_model.load_state_dict(self.dist.full_state_dict(self.policy.model, every_rank=True))
         self.mask_is_learner = True
 
     def step(self, iteration: int) -> dict[str, Any]:

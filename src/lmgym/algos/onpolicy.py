@@ -44,7 +44,14 @@ from lmgym.evaluation import evaluate
 from lmgym.guards import Snapshot, TrainingError, describe_sample, restore_snapshot, take_snapshot
 from lmgym.models.loading import LoadedModel, load_model, load_tokenizer
 from lmgym.models.lora import add_lora, save_adapter
-from lmgym.models.policy import Policy, ReferenceModel, freeze, gradient_checkpointing, make_generation_config
+from lmgym.models.policy import (
+    Policy,
+    ReferenceModel,
+    freeze,
+    gradient_checkpointing,
+    make_generation_config,
+    transformer_blocks,
+)
 from lmgym.preflight import check_context, check_prompt_lengths
 from lmgym.rewards.base import Reward, RewardError, as_reward
 from lmgym.rewards.factory import build_reward
@@ -79,6 +86,8 @@ class OnPolicyTrainer:
     uses_critic = True
     # Whether the update runs with several processes (gradients averaged after each backward pass).
     supports_data_parallel = True
+    # Whether the policy may be sharded over the processes (FSDP, accelerate.sharding).
+    supports_sharding = True
 
     @property
     def samples_per_prompt(self) -> int:
@@ -96,13 +105,16 @@ class OnPolicyTrainer:
         overwrite: bool = False,
     ) -> None:
         self.config = config
-        self.dist = Distributed.setup(config.accelerate.mixed_precision, config.accelerate.device)
+        self.dist = Distributed.setup(
+            config.accelerate.mixed_precision, config.accelerate.device, config.accelerate.sharding
+        )
         # Only the main process prints, logs and writes files.
         self.console = (console or Console()) if self.dist.is_main else Console(quiet=True)
         if self.dist.enabled or self.dist.device.type != "cpu" or self.dist.mixed_precision != "no":
             self.console.print(
                 f"{self.dist.world_size} process(es) on {self.dist.device.type}, "
                 f"mixed precision: {self.dist.mixed_precision}"
+                + (f", FSDP sharding: {self.dist.sharding}" if self.dist.sharded else "")
             )
         if config.rollout.batch_size % self.samples_per_prompt:
             raise ValueError(
@@ -154,11 +166,14 @@ class OnPolicyTrainer:
         self.reference = ReferenceModel(model, loaded.is_seq2seq)
         if config.peft is None:
             freeze(model, config.model.freeze_embeddings, config.model.trainable_layers)
-            if config.rollout.reuse_frozen_trunk:
+            # Sharded blocks are gathered through their FSDP hooks; a pass that starts mid-stack would skip them.
+            if config.rollout.reuse_frozen_trunk and not self.dist.sharded:
                 self.reference.share_frozen_trunk(model)
         self.policy = Policy(model, loaded.tokenizer, loaded.is_seq2seq, value_head=value_head).to(self.dist.device)
         check_generation_backend(config.generation.backend, self.dist.device)
-        self.build_extras()
+        self.build_extras()  # before sharding: extras copied from the policy (NLPO's mask policy) stay whole
+        if self.dist.sharded:
+            self.shard()
         self.kl_ctl = make_kl_controller(config.kl.controller, config.kl.coef, config.kl.target, config.kl.horizon)
         self.max_new_tokens = config.generation.max_new_tokens or int(self.task.generation.get("max_new_tokens", 32))
         check_context(config, self.max_new_tokens, loaded.model.config, loaded.is_seq2seq)
@@ -173,6 +188,23 @@ class OnPolicyTrainer:
         self._prepare_run_dir(resume, overwrite)
 
     # --- setup -----------------------------------------------------------------------------------
+
+    def shard(self) -> None:
+        """FSDP: split the policy's, its critic's and the reference's language models over the ranks."""
+        if not self.supports_sharding:
+            raise DistributedError(
+                f"algo={self.config.algo} does not run with sharded weights; use accelerate.sharding=none (data "
+                "parallel) or one of ppo, nlpo, a2c, reinforce, rloo, grpo"
+            )
+        if self.config.peft is not None:
+            raise DistributedError(
+                "peft (LoRA) does not combine with accelerate.sharding: the frozen base is shared with the "
+                "reference and the adapters are small, so run LoRA with accelerate.sharding=none"
+            )
+        for lm in (self.policy.model, self.policy.critic, self.reference.model):
+            if lm is not None:
+                self.dist.shard_model(lm, [block for stack in transformer_blocks(lm) for block in stack])
+        self.policy.synced = True
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.algo_config
@@ -227,7 +259,7 @@ class OnPolicyTrainer:
                 self.dist.barrier()
                 return
             step, path = found[-1]
-            state = load_checkpoint(path, self.policy, self.optimizer, self.checkpoint_modules())
+            state = load_checkpoint(path, self.policy, self.optimizer, self.checkpoint_modules(), self.dist)
             self.restore_state(state)
             self.start_iteration = step + 1
             self.dist.barrier()  # all ranks have read the checkpoint before the main one touches the folder
@@ -254,7 +286,7 @@ class OnPolicyTrainer:
             self.config.model.max_prompt_tokens,
             temperature=self.temperature,
             reuse_generation_scores=self.config.rollout.reuse_generation_scores,
-            keep_trunk=self.config.rollout.reuse_frozen_trunk,
+            keep_trunk=self.config.rollout.reuse_frozen_trunk and not self.dist.sharded,
         )
 
     def kl_penalised_rewards(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,10 +415,14 @@ class OnPolicyTrainer:
         restore_snapshot(good, self.policy, self.optimizer, self.checkpoint_modules())
         self.restore_state(good.trainer_state)
         path = self.run.checkpoints / f"step-{good.iteration}"
+        policy_state, optimizer_state = self.gathered_state()
         if self.dist.is_main:  # every rank restored the same state; one writes it
             reject_after(self.run.checkpoints, good.iteration)
             if not path.exists():
-                save_checkpoint(path, self.policy, self.optimizer, good.trainer_state, self.checkpoint_modules())
+                save_checkpoint(
+                    path, self.policy, self.optimizer, good.trainer_state, self.checkpoint_modules(),
+                    policy_state, optimizer_state,
+                )  # fmt: skip
         self.dist.barrier()
         raise TrainingError(
             f"iteration {iteration}: {problem}. The last good state (after iteration {good.iteration}) is saved in "
@@ -403,8 +439,9 @@ class OnPolicyTrainer:
         """Score the held-out prompts and log them; ``final`` marks the end-of-run evaluation, which
         comes after the last checkpoint and is therefore redone by a resume.
 
-        With several processes only the main one evaluates (and returns empty results on the others)."""
-        if not self.dist.is_main:
+        With several processes only the main one evaluates (and returns empty results on the others); with
+        sharded weights all take part in its forward passes."""
+        if not self.dist.is_main and not self.dist.sharded:
             return {}, []
         cfg = self.config.eval
         samples = self.eval_samples
@@ -419,6 +456,8 @@ class OnPolicyTrainer:
                 cfg.batch_size,
                 cfg.seed,
             )
+        if not self.dist.is_main:
+            return {}, []
         tag = {"iteration": iteration, "kind": "eval", **({"final": True} if final else {})}
         self.run.log_metrics({**tag, **{f"eval/{k}": v for k, v in metrics.items()}})
         self.run.log_samples([{**tag, **r} for r in records])
@@ -441,14 +480,26 @@ class OnPolicyTrainer:
             "before": self.before,
             "before_samples": self.before_samples[:3],
             "config": self.config.model_dump(mode="json"),
+            # fp16's loss scale, which took many steps to settle: a resume must not start it over.
+            "grad_scaler": self.dist.scaler.state_dict() if self.dist.scaler is not None else None,
         }
 
     def restore_state(self, state: dict[str, Any]) -> None:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
+        if self.dist.scaler is not None and state.get("grad_scaler"):
+            self.dist.scaler.load_state_dict(state["grad_scaler"])
         self.before, self.before_samples = state.get("before"), state.get("before_samples", [])
 
+    def gathered_state(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+        """With sharded weights, the policy's and optimizer's whole tensors on the main process (collective);
+        (None, None) otherwise, where the modules' own state dicts are already whole."""
+        if not self.dist.sharded:
+            return None, None
+        return self.dist.full_state_dict(self.policy), self.dist.full_optimizer_state(self.policy, self.optimizer)
+
     def save(self, iteration: int) -> None:
-        """Write a checkpoint (main process only: the replicas are identical)."""
+        """Write a checkpoint (main process only: the replicas are identical, or gathered from the shards)."""
+        policy_state, optimizer_state = self.gathered_state()
         if self.dist.is_main:
             save_checkpoint(
                 self.run.checkpoints / f"step-{iteration}",
@@ -456,6 +507,8 @@ class OnPolicyTrainer:
                 self.optimizer,
                 self.trainer_state(iteration),
                 self.checkpoint_modules(),
+                policy_state,
+                optimizer_state,
             )
             prune_checkpoints(self.run.checkpoints, self.config.checkpoint.keep)
         self.dist.barrier()
@@ -509,8 +562,9 @@ class OnPolicyTrainer:
         after, after_records = self.evaluate(last, final=True)
         if not (self.run.checkpoints / f"step-{last}").exists():
             self.save(last)
+        final_state = self.dist.full_state_dict(self.policy.model) if self.dist.sharded else None
         if self.dist.is_main:
-            self.save_final()
+            self.save_final(final_state)
             self.run.plot()
             self.report(after, after_records)
         self.dist.barrier()
@@ -525,7 +579,8 @@ class OnPolicyTrainer:
             f"len {record['gen_len']:.1f}"
         )
 
-    def save_final(self) -> None:
+    def save_final(self, model_state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write final/ (main process); ``model_state``: the language model's whole tensors of a sharded run."""
         final = self.run.final
         tmp = final.with_name(".tmp-final")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -534,7 +589,7 @@ class OnPolicyTrainer:
             tmp.mkdir(parents=True)
             save_adapter(self.policy.model, tmp / "adapter", tmp if self.config.peft.merge_on_save else None)
         else:
-            self.policy.model.save_pretrained(tmp)
+            self.policy.model.save_pretrained(tmp, state_dict=model_state)
         self.tokenizer.save_pretrained(tmp)
         if self.policy.value_head is not None:
             save_file(

@@ -184,17 +184,26 @@ class PPOTrainer(OnPolicyTrainer):
         old_logprobs: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """`minibatch_loss` and its gradient (summed into ``.grad``), in ``accelerate.grad_accumulation_steps``
-        micro-batches whose losses are averaged (less activation memory, the same optimizer steps)."""
+        micro-batches (less activation memory, the same optimizer steps).
+
+        Each loss is a mean over its own tokens; it is weighted by its share of the tokens of the whole
+        minibatch, on every rank, so that the summed (and then rank-averaged) gradient is the token mean of the
+        global minibatch even when completions end early and the tokens fall unevenly. With one micro-batch in
+        one process the weight is exactly 1."""
         n_micro = min(self.config.accelerate.grad_accumulation_steps, len(idx))
+        micros = idx.tensor_split(n_micro)
+        tokens = [float(rollout.mask[m].sum()) for m in micros]
+        total = self.dist.sum_float(sum(tokens))
+        weights = [n * self.dist.world_size / total if total > 0 else 1.0 / n_micro for n in tokens]
         sums: dict[str, float] = defaultdict(float)
-        for micro in idx.tensor_split(n_micro):
+        for micro, weight in zip(micros, weights, strict=True):
             with self.dist.autocast(), checkpointed_blocks(self.policy, self.config.accelerate.gradient_checkpointing):
                 loss, stats = self.minibatch_loss(rollout, micro, advantages, returns, old_logprobs)
             finite = bool(torch.isfinite(loss))
             if self.dist.any(not finite):  # every rank stops, not only the one that saw it
                 where = self.culprits(rollout, micro) if not finite else "in another process's minibatch"
                 raise TrainingError(f"the loss is {float(loss.detach())} {where}")
-            self.dist.backward(loss if n_micro == 1 else loss / n_micro)
+            self.dist.backward(loss if weight == 1.0 else loss * weight)
             if n_micro == 1:
                 return loss, stats
             for key, value in {**stats, "_loss": loss}.items():
@@ -203,7 +212,4 @@ class PPOTrainer(OnPolicyTrainer):
         return loss_mean, dict(sums)
 
     def clip_gradients(self, max_norm: float | None) -> torch.Tensor:
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        if max_norm is None:
-            return torch.norm(torch.stack([p.grad.norm() for p in params]))
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return self.dist.clip_grad_norm(self.policy.parameters(), max_norm)

@@ -106,6 +106,8 @@ class TRPOTrainer(OnPolicyTrainer):
     surrogate and KL, the token counts they are divided by — is summed over ranks, so each rank solves the
     same system and takes the same step; the critic's gradients are averaged like PPO's."""
 
+    supports_sharding = False  # the natural-gradient step works on whole, flattened policy gradients
+
     # --- setup: the optimizer holds only the critic; the policy moves by the natural-gradient step -----------
 
     def make_optimizer(self) -> torch.optim.Optimizer:

@@ -150,12 +150,12 @@ class GrueBench:
 
     def config_hash(self, cell: Cell) -> str:
         """Fingerprint of a cell's resolved settings, stored with its result so that a rerun into the same
-        folder never mixes results made with different settings."""
+        folder never mixes results made with different settings. Settings left at their defaults are not part
+        of it, so a new option in a later lmgym does not invalidate finished cells."""
         import hashlib
 
-        from lmgym.config import dump_config
-
-        return hashlib.sha256(dump_config(self.config(cell)).encode()).hexdigest()[:16]
+        settings = self.config(cell).model_dump(mode="json", exclude_defaults=True)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     # --- the matrix ----------------------------------------------------------------------------
 
@@ -246,7 +246,7 @@ class GrueBench:
             "algo": cell.algo,
             "model": config.model.name,
             "base_model": base_model,
-            "iterations": config.iterations if cell.algo != "zero-shot" else 0,
+            "iterations": self.trained_iterations(cell),
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
             "num_prompts": len(records),
@@ -258,6 +258,15 @@ class GrueBench:
 
     # --- results -------------------------------------------------------------------------------
 
+    def trained_iterations(self, cell: Cell) -> int:
+        """Iterations (steps, for sft) the cell's training ran: fewer than configured when --budget cut it."""
+        if cell.algo == "zero-shot":
+            return 0
+        from lmgym.tracking import RunDir
+
+        done = [r["iteration"] for r in RunDir(self.runs_dir / cell.name).read_metrics() if r.get("kind") == "train"]
+        return max(done, default=0)
+
     def collect(self) -> dict[str, dict[str, dict[str, Any]]]:
         """``{task: {algo: result or {"error": ...}}}`` for the cells of this matrix found on disk."""
         table: dict[str, dict[str, dict[str, Any]]] = {}
@@ -265,6 +274,7 @@ class GrueBench:
             row = table.setdefault(cell.task, {})
             if self.result_path(cell).exists():
                 row[cell.algo] = json.loads(self.result_path(cell).read_text(encoding="utf-8"))
+                row[cell.algo]["iterations"] = self.trained_iterations(cell)
             elif self.failure_path(cell).exists():
                 row[cell.algo] = {"error": json.loads(self.failure_path(cell).read_text(encoding="utf-8"))["error"]}
             else:
@@ -422,13 +432,15 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
             keys += [k for k in result.get("scores", {}) if k not in keys]
         head = ["reward", "perplexity"]
         keys = head + [k for k in keys if k not in head]
-        lines += [f"## {task}", "", "| algo | " + " | ".join(keys) + " | train s |", "|---" * (len(keys) + 2) + "|"]
+        lines += [f"## {task}", "", "| algo | " + " | ".join(keys) + " | iterations | train s |"]
+        lines.append("|---" * (len(keys) + 3) + "|")
         for algo, result in row.items():
             if "error" in result:
-                lines.append(f"| {algo} | failed: {result['error'][:150]} |" + " |" * len(keys))
+                lines.append(f"| {algo} | failed: {result['error'][:150]} |" + " |" * (len(keys) + 1))
                 continue
             values = [_fmt(result["scores"].get(k)) for k in keys]
-            lines.append(f"| {algo} | " + " | ".join(values) + f" | {result['train_seconds']:.0f} |")
+            iterations = result.get("iterations", 0)
+            lines.append(f"| {algo} | " + " | ".join(values) + f" | {iterations} | {result['train_seconds']:.0f} |")
         missing = sorted({f"{k}: {v}" for r in row.values() for k, v in r.get("missing", {}).items()})
         if missing:
             lines += ["", "Not computed here: " + "; ".join(m[:200] for m in missing)]
@@ -466,8 +478,10 @@ def run_grue(
     overrides: list[str] | None = None,
     configs_dir: str | Path | None = None,
     console: Console | None = None,
+    report: bool = False,
 ) -> dict[str, Any]:
-    """Run (or continue) the GRUE matrix; ``tasks``/``algos`` are comma-separated lists."""
+    """Run (or continue) the GRUE matrix; ``tasks``/``algos`` are comma-separated lists. ``report``: only
+    rewrite the leaderboard and plots from the cells already in ``out`` (nothing is trained or scored)."""
     bench = GrueBench(
         out,
         parse_list(tasks, GRUE_TASKS + EXTRA_TASKS, GRUE_TASKS, "tasks"),
@@ -479,4 +493,8 @@ def run_grue(
         configs_dir=configs_dir,
         console=console,
     )
+    if report:
+        board = bench.write_leaderboard()
+        bench.console.print(f"leaderboard of the finished cells in [bold]{bench.out / 'leaderboard.md'}[/]")
+        return board
     return bench.run()

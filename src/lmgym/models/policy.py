@@ -169,6 +169,9 @@ class Policy(nn.Module):
         self.tokenizer = tokenizer
         self.is_seq2seq = is_seq2seq
         self.value_mode = value_head
+        # Set when FSDP shards the weights (every forward pass is then collective): generation keeps the ranks
+        # in step and takes no shortcut that depends on a rank's own prompts.
+        self.synced = False
         self.critic = copy.deepcopy(model).requires_grad_(True) if value_head == "separate" else None
         hidden = model.config.get_text_config().hidden_size if hasattr(model.config, "get_text_config") else None
         hidden = hidden or getattr(model.config, "d_model", None) or model.config.hidden_size
@@ -252,7 +255,7 @@ class Policy(nn.Module):
         generation.output_logits = True
         depth = frozen_depth(self.model) if keep_trunk and not self.is_seq2seq else 0
         capture = capture_block_input(self.model, depth) if depth else nullcontext([])
-        share = share_prefill and not self.is_seq2seq and not is_peft_model(self.model)
+        share = share_prefill and not self.is_seq2seq and not is_peft_model(self.model) and not self.synced
         with head_inputs(self.model) as hidden, capture as kept:
             prefilled = prefill_distinct_prompts(self.model, prompt_ids, prompt_mask) if share else None
             if prefilled is not None and kept:
@@ -263,6 +266,7 @@ class Policy(nn.Module):
                 generation_config=generation,
                 logits_processor=logits_processor,
                 **({"past_key_values": prefilled[0]} if prefilled is not None else {}),
+                **self._sync_kwargs(),
             )
         gen_ids = out.sequences[:, 1:] if self.is_seq2seq else out.sequences[:, prompt_ids.shape[1] :]
         G = gen_ids.shape[1]
@@ -275,6 +279,10 @@ class Policy(nn.Module):
         logits = torch.stack(out.logits[:G], dim=1)  # [B, G, V]
         states = torch.stack([h[:, -1] for h in hidden[:G]], dim=1)  # [B, G, H]
         return batch, self._scores(batch, logits, states, temperature, True, True, False)
+
+    def _sync_kwargs(self) -> dict[str, bool]:
+        """A rank whose sequences have all ended keeps joining the others' forward passes (``synced_gpus``)."""
+        return {"synced_gpus": True} if self.synced else {}
 
     def _mask(self, gen_ids: torch.Tensor) -> torch.Tensor:
         return generation_mask(gen_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
@@ -294,6 +302,7 @@ class Policy(nn.Module):
             attention_mask=prompt_mask,
             generation_config=generation,
             logits_processor=logits_processor,
+            **self._sync_kwargs(),
         )
         gen_ids = out[:, 1:] if self.is_seq2seq else out[:, prompt_ids.shape[1] :]
         return gen_ids, self._mask(gen_ids)
