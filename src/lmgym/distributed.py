@@ -220,6 +220,14 @@ class Distributed:
         dist.all_gather(parts, local)
         return torch.cat(parts).to(tensor.device)
 
+    def broadcast_object(self, value: T) -> T:
+        """The main process's ``value`` on every rank (any picklable object made by this process)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     @torch.no_grad()
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
         """Copy the main process's trainable (replicated) parameters to every rank."""

@@ -158,6 +158,7 @@ def transitions_from(scored: list[ScoredText], tokenizer, max_tokens: int, sourc
 class ILQLTrainer(OfflineTrainer):
     algo_config: ILQLConfig
     policy: ILQLPolicy
+    supports_sharding = False  # its Q heads score through the (then sharded) output embedding
 
     def build_extras(self) -> None:
         self.policy = ILQLPolicy(self.policy.model, self.tokenizer, self.policy.is_seq2seq, self.algo_config.beta)
@@ -174,6 +175,9 @@ class ILQLTrainer(OfflineTrainer):
         else:
             raise FileNotFoundError(f"ilql.data: {cfg.data!r} is neither 'logged' nor an existing JSONL file")
         return transitions_from(scored, self.tokenizer, cfg.max_completion_tokens, source)
+
+    def loss_units(self, examples: list[Transition]) -> float:
+        return self.completion_tokens([e.completion_ids for e in examples])  # its terms are token means
 
     def loss(self, examples: list[Transition]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.algo_config

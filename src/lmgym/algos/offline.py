@@ -6,6 +6,10 @@ metrics.jsonl); one "iteration" is one gradient step on ``batch_size`` examples 
 stateless per-epoch permutation as on-policy prompts, so a resumed run sees the same batches.
 
 A subclass sets how its examples are made (`make_examples`) and its loss (`loss`).
+
+With several processes each takes its share of every batch, and its loss is weighted by its share of the
+batch's loss units (tokens for token-mean losses, examples for per-example ones) before the gradients are
+averaged, so the step is the one a single process takes on the whole batch.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 
 from lmgym.algos.onpolicy import OnPolicyTrainer, print_comparison, prompt_indices
 from lmgym.algos.rollout import tokenize_prompts
+from lmgym.config import ConfigError
 from lmgym.data.preferences import ScoredText, load_scored_texts, log_generations, write_jsonl
 from lmgym.guards import TrainingError
 from lmgym.models.policy import TokenBatch
@@ -79,7 +84,6 @@ class OfflineRunDir(RunDir):
 
 class OfflineTrainer(OnPolicyTrainer):
     uses_critic = False
-    supports_data_parallel = False  # one process: the step neither shards examples nor averages gradients
     timed_phases = ("update",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -102,6 +106,23 @@ class OfflineTrainer(OnPolicyTrainer):
     def after_step(self, iteration: int) -> None:
         """Runs after each optimizer step (ILQL's target-network update)."""
 
+    def loss_units(self, examples: list[Any]) -> float:
+        """What the loss of ``examples`` is a mean over: examples here; subclasses with token-mean losses
+        count completion tokens. Weights each process's loss with several processes."""
+        return float(len(examples))
+
+    def completion_tokens(self, completions: Sequence[Sequence[int]]) -> float:
+        """Tokens of the completions as `batch` keeps them (cut to max_completion_tokens)."""
+        return float(sum(min(len(ids), self.algo_config.max_completion_tokens) for ids in completions))
+
+    def check_data_parallel(self) -> None:
+        world = self.dist.world_size
+        if world > 1 and self.algo_config.batch_size % world:
+            raise ConfigError(
+                f"{self.config.algo}.batch_size={self.algo_config.batch_size} must split over {world} processes: "
+                f"make it a multiple of {world}"
+            )
+
     # --- shared helpers --------------------------------------------------------------------------
 
     def batch(self, prompts: Sequence[str], completions: Sequence[Sequence[int]]) -> TokenBatch:
@@ -123,17 +144,22 @@ class OfflineTrainer(OnPolicyTrainer):
         cfg = self.algo_config
         samples = self.train_samples[: cfg.logged_prompts] if cfg.logged_prompts else self.train_samples
         self.console.print(f"{self.config.algo}: logging {cfg.logged_per_prompt} completions of {len(samples)} prompts")
-        scored = log_generations(
-            self.policy,
-            self.reward,
-            samples,
-            self.generation,
-            self.config.model.max_prompt_tokens,
-            per_prompt=cfg.logged_per_prompt,
-            batch_size=self.config.eval.batch_size,
-            seed=self.config.seed,
-        )
-        write_jsonl(path, scored)
+        scored: list[ScoredText] | None = None
+        if self.dist.is_main or self.dist.sharded:  # sharded weights: every process takes part in generation
+            scored = log_generations(
+                self.policy,
+                self.reward,
+                samples,
+                self.generation,
+                self.config.model.max_prompt_tokens,
+                per_prompt=cfg.logged_per_prompt,
+                batch_size=self.config.eval.batch_size,
+                seed=self.config.seed,
+            )
+        scored = self.dist.broadcast_object(scored)  # every process learns from the main one's data
+        if self.dist.is_main:
+            write_jsonl(path, scored)
+        self.dist.barrier()
         return scored
 
     # --- one gradient step -----------------------------------------------------------------------
@@ -151,7 +177,9 @@ class OfflineTrainer(OnPolicyTrainer):
                 loss, stats = self.loss(examples)
             if self.dist.any(not bool(torch.isfinite(loss))):  # every process stops, not only the one that saw it
                 raise TrainingError(f"the loss is {float(loss)} on examples {self.describe(examples)}")
-            self.dist.backward(loss)
+            units = self.loss_units(examples)
+            weight = units * self.dist.world_size / self.dist.sum_float(units)  # exactly 1 with one process
+            self.dist.backward(loss if weight == 1.0 else loss * weight)
             self.dist.average_gradients(p for p in self.policy.parameters() if p.requires_grad)
             self.dist.unscale(self.optimizer)
             grad_norm = self.clip_gradients(cfg.max_grad_norm)
@@ -164,6 +192,8 @@ class OfflineTrainer(OnPolicyTrainer):
         seconds = time.perf_counter() - t0
         values = {"loss/total": float(loss.detach()), "grad_norm": float(grad_norm)}
         values.update({k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in stats.items()})
+        if weight != 1.0:  # the batch's statistics, as one process would log them (the weights average to 1)
+            values = {k: v * weight for k, v in values.items()}
         record: dict[str, Any] = {"iteration": iteration, "kind": "train", **self.dist.mean_floats(values)}
         record["time/update"] = seconds
         record["examples_per_s"] = len(idx) / seconds if seconds > 0 else float("nan")
@@ -173,10 +203,7 @@ class OfflineTrainer(OnPolicyTrainer):
         return ", ".join(repr(getattr(e, "id", "?")) for e in examples[:5]) + (" ..." if len(examples) > 5 else "")
 
     def clip_gradients(self, max_norm: float | None) -> torch.Tensor:
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        if max_norm is None:
-            return torch.norm(torch.stack([p.grad.norm() for p in params]))
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return self.dist.clip_grad_norm(self.policy.parameters(), max_norm)
 
     def status(self, record: dict[str, Any]) -> str:
         return f"loss {record['loss/total']:.4f}"

@@ -70,12 +70,16 @@ class SFTTrainer(OfflineTrainer):
             if s.completion.strip() and (s.prompt not in best or s.total_reward > best[s.prompt].total_reward):
                 best[s.prompt] = s
         chosen = list(best.values())
-        write_jsonl(self.run.root / "sft-data.jsonl", [Demonstration(s.id, s.prompt, s.completion) for s in chosen])
+        if self.dist.is_main:
+            write_jsonl(self.run.root / "sft-data.jsonl", [Demonstration(s.id, s.prompt, s.completion) for s in chosen])
         ids = completion_ids(self.tokenizer, [s.completion for s in chosen])
         return [
             TokenizedDemo(s.id, s.prompt, list(s.completion_ids) if s.completion_ids else row)
             for s, row in zip(chosen, ids, strict=True)
         ]
+
+    def loss_units(self, examples: list[TokenizedDemo]) -> float:
+        return self.completion_tokens([e.completion_ids for e in examples])  # the NLL is a token mean
 
     def loss(self, examples: list[TokenizedDemo]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = self.batch([e.prompt for e in examples], [e.completion_ids for e in examples])
