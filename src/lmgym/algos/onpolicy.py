@@ -194,7 +194,7 @@ class OnPolicyTrainer:
         if not self.supports_sharding:
             raise DistributedError(
                 f"algo={self.config.algo} does not run with sharded weights; use accelerate.sharding=none (data "
-                "parallel) or one of ppo, nlpo, a2c, reinforce, rloo, grpo"
+                "parallel) or one of ppo, nlpo, a2c, reinforce, rloo, grpo, sft, dpo"
             )
         if self.config.peft is not None:
             raise DistributedError(

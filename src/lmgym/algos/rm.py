@@ -27,7 +27,7 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertM
 
 from lmgym.config import ConfigError, RewardModelConfig, TrainConfig, dump_config
 from lmgym.data.preferences import Comparison, LexiconRule, hidden_rule_comparisons, load_comparisons, write_jsonl
+from lmgym.distributed import Distributed
 from lmgym.models.encoder import BUNDLED_ENCODER, bundled_encoder_path
 from lmgym.models.loading import ModelLoadError, check_safetensors, resolve_model_path
 from lmgym.rewards.base import Reward
@@ -230,6 +231,9 @@ class RewardModelFit:
 
     model: RewardModel
     config: RewardModelConfig
+    # Several processes (`lmgym rm train` under torchrun / accelerate launch): each scores its share of every
+    # batch and the gradients are averaged, so all replicas take the one-process step.
+    dist: Distributed = field(default_factory=Distributed)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -247,6 +251,7 @@ class RewardModelFit:
         """One gradient step on a batch of comparisons (all responses scored in one forward pass)."""
         cfg = self.config
         self.model.train()
+        batch = self.dist.shard(batch)  # equal shares: every comparison's loss weighs the same
         prompts = [c.prompt for c in batch for _ in c.responses]
         responses = [r for c in batch for r in c.responses]
         rewards = self.model(prompts, responses)
@@ -255,15 +260,17 @@ class RewardModelFit:
             losses.append(comparison_loss(rewards[start : start + len(c.responses)], c, cfg.loss, cfg.margin))
             start += len(c.responses)
         loss = torch.stack(losses).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"reward model loss is {float(loss)} on comparisons {[c.id for c in batch][:5]}")
+        if self.dist.any(not bool(torch.isfinite(loss))):  # every process stops, not only the one that saw it
+            where = f"on comparisons {[c.id for c in batch][:5]}" if not torch.isfinite(loss) else "in another process"
+            raise FloatingPointError(f"reward model loss is {float(loss)} {where}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.average_gradients(p for p in self.model.parameters() if p.requires_grad)
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         self.model.eval()
-        return float(loss.detach())
+        return self.dist.mean_float(float(loss.detach()))
 
     def fit(self, comparisons: Sequence[Comparison], steps: int, seed: int, log=None) -> list[float]:
         """``steps`` gradient steps over seeded shuffles of ``comparisons``."""
@@ -347,16 +354,24 @@ def train_reward_model(
     """Train a reward model as configured in ``config.rm``; returns its folder and held-out metrics."""
     from lmgym.data.task import load_task
 
-    console = console or Console()
+    # Several processes train one model data parallel (on their CPUs, like a single process does); the main
+    # process alone prints and writes.
+    dist = Distributed.setup("no", "cpu", "none")
+    console = (console or Console()) if dist.is_main else Console(quiet=True)
     cfg = config.rm
+    if dist.enabled and cfg.batch_size % dist.world_size:
+        raise ConfigError(f"rm.batch_size={cfg.batch_size} must split over {dist.world_size} processes")
     name = config.name or f"{config.task}-rm-{time.strftime('%Y%m%d-%H%M%S')}"
     root = Path(config.run_dir) / name
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"run folder {root} exists; pass --overwrite to replace it, or --set name=...")
+    exists = root.exists() and any(root.iterdir())
+    if exists and not overwrite:
+        raise FileExistsError(f"run folder {root} exists; pass --overwrite to replace it, or --set name=...")
+    dist.barrier()  # every process has looked before the main one clears or writes it
+    if exists and dist.is_main:
         shutil.rmtree(root)
     torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist.enabled else 1
+    torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // local_procs))
     if cfg.init is not None:
         model, _ = load_reward_model(cfg.init)
         model.max_length = cfg.max_length
@@ -380,22 +395,25 @@ def train_reward_model(
     if len(shuffled) - n_eval < 1:
         raise ValueError(f"{source}: {len(shuffled)} comparisons are too few to hold {n_eval} out for evaluation")
     eval_set, train_set = shuffled[:n_eval], shuffled[n_eval:]
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-    write_jsonl(root / "comparisons-train.jsonl", train_set)
-    write_jsonl(root / "comparisons-eval.jsonl", eval_set)
-    fit = RewardModelFit(model, cfg)
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+        write_jsonl(root / "comparisons-train.jsonl", train_set)
+        write_jsonl(root / "comparisons-eval.jsonl", eval_set)
+    dist.broadcast_parameters(model)  # replicas start equal even if a random head init differed
+    fit = RewardModelFit(model, cfg, dist)
     steps = cfg.epochs * math.ceil(len(fit.elements(train_set)) / cfg.batch_size)
     before = pairwise_accuracy(model, eval_set)
     console.print(
         f"reward model on {model.kind} trunk {cfg.init or cfg.model}: {len(train_set)} train / {len(eval_set)} "
         f"held-out comparisons from {source}; {steps} steps; held-out pairwise accuracy before: {before:.3f}"
     )
-    metrics_file = (root / "metrics.jsonl").open("a", encoding="utf-8")
+    metrics_file = (root / "metrics.jsonl").open("a", encoding="utf-8") if dist.is_main else None
     t0 = time.perf_counter()
 
     def log(step: int, loss: float) -> None:
-        metrics_file.write(json.dumps({"step": step, "kind": "train", "loss": loss}) + "\n")
+        if metrics_file is not None:
+            metrics_file.write(json.dumps({"step": step, "kind": "train", "loss": loss}) + "\n")
         if step % max(1, steps // 10) == 0 or step == steps:
             console.print(f"step {step:>5}/{steps}  loss {loss:.4f}", highlight=False)
 
@@ -411,9 +429,11 @@ def train_reward_model(
         "n_train": len(train_set),
         "n_eval": len(eval_set),
     }
-    metrics_file.write(json.dumps({"kind": "eval", **metrics}) + "\n")
-    metrics_file.close()
-    model.save(root, {"metrics": metrics, "data": source, "task": config.task, "loss": cfg.loss})
+    if metrics_file is not None:
+        metrics_file.write(json.dumps({"kind": "eval", **metrics}) + "\n")
+        metrics_file.close()
+        model.save(root, {"metrics": metrics, "data": source, "task": config.task, "loss": cfg.loss})
+    dist.barrier()
     console.print(
         f"held-out pairwise accuracy {metrics['eval/pairwise_accuracy']:.3f} (before {before:.3f}, train "
         f"{metrics['train/pairwise_accuracy']:.3f}); reward model written to [bold]{root}[/]"
