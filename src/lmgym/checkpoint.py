@@ -145,12 +145,16 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     extra_modules: dict[str, torch.nn.Module] | None = None,
     dist: Any = None,
+    trainable_only: bool = False,
 ) -> dict[str, Any]:
     """Load a checkpoint into the modules and optimizer; ``dist`` (lmgym.distributed.Distributed) loads the
-    whole tensors into a sharded policy, each rank keeping its slice."""
+    whole tensors into a sharded policy, each rank keeping its slice. ``trainable_only``: the checkpoint holds
+    the policy's trainable tensors alone (LoRA: the frozen base comes from the model folder)."""
     directory = Path(directory)
     sharded = dist is not None and dist.sharded
-    if sharded:
+    if trainable_only:
+        _load_trainable(policy, load_file(str(directory / "policy.safetensors")), directory)
+    elif sharded:
         dist.load_full_state_dict(policy, load_file(str(directory / "policy.safetensors")))
     else:
         load_model(policy, str(directory / "policy.safetensors"))
@@ -166,6 +170,17 @@ def load_checkpoint(
         else:
             optimizer_from_safetensors(optimizer, tensors, meta)
     return json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def _load_trainable(policy: torch.nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
+    missing, unexpected = policy.load_state_dict(state, strict=False)
+    params = dict(policy.named_parameters())
+    lacking = [name for name in missing if name in params and params[name].requires_grad]
+    if unexpected or lacking:
+        raise ValueError(
+            f"checkpoint {directory} does not match this run's trainable weights (missing {lacking[:3]}, unexpected "
+            f"{unexpected[:3]}); was it written with other peft settings?"
+        )
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from lmgym.api import evaluate_run
 from lmgym.config import ConfigError
@@ -113,6 +114,10 @@ def test_lora_with_trainable_layers_is_refused(tmp_path: Path) -> None:
 def test_lora_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     first = make_trainer(tmp_path, "lora", *LORA, "iterations=2", "checkpoint.every=1")
     first.train()
+    # A checkpoint holds the adapters and the value head, not the frozen base (the model folder has it).
+    saved = load_file(str(tmp_path / "lora" / "checkpoints" / "step-2" / "policy.safetensors"))
+    assert saved.keys() == {n for n, p in first.policy.named_parameters() if p.requires_grad}
+    assert sum(t.numel() for t in saved.values()) < 0.2 * sum(p.numel() for p in first.policy.parameters())
     resumed = make_trainer(tmp_path, "lora", *LORA, "iterations=2", "checkpoint.every=1", resume=True)
     assert resumed.start_iteration == 3
     want = {n: p for n, p in first.policy.named_parameters() if p.requires_grad}

@@ -259,7 +259,9 @@ class OnPolicyTrainer:
                 self.dist.barrier()
                 return
             step, path = found[-1]
-            state = load_checkpoint(path, self.policy, self.optimizer, self.checkpoint_modules(), self.dist)
+            state = load_checkpoint(
+                path, self.policy, self.optimizer, self.checkpoint_modules(), self.dist, self.config.peft is not None
+            )
             self.restore_state(state)
             self.start_iteration = step + 1
             self.dist.barrier()  # all ranks have read the checkpoint before the main one touches the folder
@@ -492,7 +494,10 @@ class OnPolicyTrainer:
 
     def gathered_state(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
         """With sharded weights, the policy's and optimizer's whole tensors on the main process (collective);
-        (None, None) otherwise, where the modules' own state dicts are already whole."""
+        with LoRA, only the trainable tensors (adapters, value head: the frozen base is the model folder's);
+        otherwise (None, None): the modules' own state dicts."""
+        if self.config.peft is not None:
+            return {n: p.detach() for n, p in self.policy.named_parameters() if p.requires_grad}, None
         if not self.dist.sharded:
             return None, None
         return self.dist.full_state_dict(self.policy), self.dist.full_optimizer_state(self.policy, self.optimizer)
