@@ -65,8 +65,8 @@ elif mode == "final-save":
     from lmgym.algos import onpolicy
     save_final = onpolicy.OnPolicyTrainer.save_final
 
-    def killed_save_final(self):
-        save_final(self)
+    def killed_save_final(self, *args, **kwargs):
+        save_final(self, *args, **kwargs)
         die_on_nth()
 
     onpolicy.OnPolicyTrainer.save_final = killed_save_final
