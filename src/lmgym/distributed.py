@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 T = TypeVar("T")
 
@@ -88,7 +89,7 @@ def launcher_sharding() -> str:
 
 def is_sharded_tensor(tensor: torch.Tensor) -> bool:
     """A parameter (or gradient) FSDP has split over the ranks (a DTensor)."""
-    return type(tensor).__name__ == "DTensor"
+    return isinstance(tensor, DTensor)
 
 
 @dataclass
