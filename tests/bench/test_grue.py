@@ -38,6 +38,11 @@ def test_quick_bench_fills_every_cell_and_resumes(tmp_path):
     assert (out / "plots" / "dailydialog_reward_curves.png").exists()  # the sft+ppo run logs rewards
     markdown = (out / "leaderboard.md").read_text(encoding="utf-8")
     assert "## imdb" in markdown and "## dailydialog" in markdown and "| sft+ppo |" in markdown
+    # The matrix of rewards: one row per task, the best of each row in bold.
+    matrix = markdown.split("Task reward (perplexity under the original model) of every cell:")[1]
+    row = next(line for line in matrix.splitlines() if line.startswith("| imdb | "))
+    best = max(on_disk["tasks"]["imdb"][a]["scores"]["reward"] for a in ("sft", "sft+ppo"))
+    assert f"**{best:.3f}**" in row
     assert board["tasks"] == on_disk["tasks"]
 
     # A second run keeps every finished cell (nothing is retrained or rescored).

@@ -426,6 +426,7 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
                 f"| {verdict['sft_reward']:.3f} |"
             )
     lines.append("")
+    lines += reward_matrix(board["tasks"])
     for task, row in board["tasks"].items():
         keys: list[str] = []
         for result in row.values():
@@ -448,6 +449,30 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
             lines += ["", f"![{Path(plot).stem}]({plot})"]
         lines.append("")
     return "\n".join(lines)
+
+
+def reward_matrix(tasks: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Markdown lines of the task reward (and perplexity) of every cell: tasks down, algorithms across, the best
+    reward of each task in bold."""
+    algos = [a for a in ALGOS if any(a in row for row in tasks.values())]
+    lines = ["Task reward (perplexity under the original model) of every cell:", ""]
+    lines += ["| task | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
+    for task, row in tasks.items():
+        rewards = {a: row[a]["scores"].get("reward") for a in algos if "scores" in row.get(a, {})}
+        finite = [v for v in rewards.values() if v is not None and math.isfinite(v)]
+        best = max(finite) if finite else None
+        cells = []
+        for algo in algos:
+            if algo not in rewards:
+                cells.append("failed" if "error" in row.get(algo, {}) and row[algo]["error"] != "not run" else "—")
+                continue
+            reward = _fmt(rewards[algo])
+            cells.append(
+                f"{'**' + reward + '**' if rewards[algo] == best else reward} "
+                f"({_fmt(row[algo]['scores'].get('perplexity'))})"
+            )
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _write_json(path: Path, data: Any) -> None:
