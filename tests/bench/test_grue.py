@@ -26,6 +26,9 @@ def test_quick_bench_fills_every_cell_and_resumes(tmp_path):
             assert cell["iterations"] == 1  # read from the cell's run, as trained
             for key in ("reward", "perplexity", "distinct-1"):
                 assert math.isfinite(cell["scores"][key]), (task, algo, key)
+        # A trained cell keeps final/ and its logs; its checkpoints (for an interrupted cell) are gone.
+        assert (out / "runs" / f"{task}__sft+ppo" / "final").is_dir()
+        assert not (out / "runs" / f"{task}__sft+ppo" / "checkpoints").exists()
         # The RL cell started from the supervised cell's final model.
         assert row["sft+ppo"]["model"] == str(out / "runs" / f"{task}__sft" / "final")
         # The verdict compares the two rewards in the table.

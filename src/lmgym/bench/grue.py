@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -236,6 +237,9 @@ class GrueBench:
             train_seconds = time.perf_counter() - t0
             config.eval.num_prompts = scored_prompts
             model_path = str(run / "final")
+            # Checkpoints only serve a cell interrupted mid-training; a trained one keeps final/ and its logs
+            # (the matrix on the bundled model would otherwise hold ~40 GB of them).
+            shutil.rmtree(run / "checkpoints", ignore_errors=True)
         t0 = time.perf_counter()
         scores, notes, records = evaluate_cell(config, model_path, base_model)
         eval_seconds = time.perf_counter() - t0
