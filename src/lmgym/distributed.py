@@ -198,6 +198,20 @@ class Distributed:
             return value
         return float(self.sum(torch.tensor(float(value), dtype=torch.float64)))
 
+    def loss_weights(self, counts: Sequence[float]) -> list[float]:
+        """Weights of losses that are means over ``counts`` units each (tokens, examples), so that their weighted
+        gradients, summed here and averaged over ranks, are the mean over every unit of the global batch:
+        count · world size / global total. Exactly 1 for one loss in one process."""
+        total = self.sum_float(float(sum(counts)))
+        if total <= 0:
+            return [1.0 / len(counts)] * len(counts)
+        return [float(c) * self.world_size / total for c in counts]
+
+    def set_threads(self, requested: int | None) -> None:
+        """torch's CPU threads: ``requested``, else this machine's cores shared among its processes."""
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.enabled else 1
+        torch.set_num_threads(requested or max(1, (os.cpu_count() or 1) // local))
+
     def mean_floats(self, values: dict[str, float]) -> dict[str, float]:
         """Average a dict of floats over ranks (the same keys on every rank), in one all-reduce."""
         if not self.enabled or not values:

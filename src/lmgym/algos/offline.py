@@ -177,8 +177,7 @@ class OfflineTrainer(OnPolicyTrainer):
                 loss, stats = self.loss(examples)
             if self.dist.any(not bool(torch.isfinite(loss))):  # every process stops, not only the one that saw it
                 raise TrainingError(f"the loss is {float(loss)} on examples {self.describe(examples)}")
-            units = self.loss_units(examples)
-            weight = units * self.dist.world_size / self.dist.sum_float(units)  # exactly 1 with one process
+            (weight,) = self.dist.loss_weights([self.loss_units(examples)])  # exactly 1 with one process
             self.dist.backward(loss if weight == 1.0 else loss * weight)
             self.dist.average_gradients(p for p in self.policy.parameters() if p.requires_grad)
             self.dist.unscale(self.optimizer)

@@ -134,9 +134,7 @@ class OnPolicyTrainer:
             raise FileNotFoundError(f"--resume: there is no run at {self.run.root} (no config.yaml)")
         self.dist.barrier()  # every rank has looked at the run folder before the main one writes it
         torch.manual_seed(config.seed)
-        # Processes on one machine share its cores.
-        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.dist.enabled else 1
-        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // local_procs))
+        self.dist.set_threads(config.threads)  # processes on one machine share its cores
         self.task = task or load_task(config.task, **config.task_args)
         self.reward = as_reward(reward) if reward is not None else build_reward(config.reward, self.task.reward)
         if self.reward is None:

@@ -192,9 +192,7 @@ class PPOTrainer(OnPolicyTrainer):
         one process the weight is exactly 1."""
         n_micro = min(self.config.accelerate.grad_accumulation_steps, len(idx))
         micros = idx.tensor_split(n_micro)
-        tokens = [float(rollout.mask[m].sum()) for m in micros]
-        total = self.dist.sum_float(sum(tokens))
-        weights = [n * self.dist.world_size / total if total > 0 else 1.0 / n_micro for n in tokens]
+        weights = self.dist.loss_weights(torch.stack([rollout.mask[m].sum() for m in micros]).tolist())
         sums: dict[str, float] = defaultdict(float)
         for micro, weight in zip(micros, weights, strict=True):
             with self.dist.autocast(), checkpointed_blocks(self.policy, self.config.accelerate.gradient_checkpointing):

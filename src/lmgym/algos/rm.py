@@ -370,8 +370,7 @@ def train_reward_model(
     if exists and dist.is_main:
         shutil.rmtree(root)
     torch.manual_seed(config.seed)
-    local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist.enabled else 1
-    torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // local_procs))
+    dist.set_threads(config.threads)
     if cfg.init is not None:
         model, _ = load_reward_model(cfg.init)
         model.max_length = cfg.max_length

@@ -203,24 +203,6 @@ def update_flops(
     return float(total)
 
 
-def matmul_peak(size: int = 2048, min_reps: int = 3, min_seconds: float = 0.5) -> tuple[float, float]:
-    """Best-of GFLOP/s of ``torch.mm`` on square float32 matrices at the current thread count, by the wall
-    clock and by the process's CPU clock (the latter holds up when other processes share the cores)."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
-    out = torch.empty(size, size)
-    torch.mm(a, b, out=out)  # warm-up
-    best_wall = best_cpu = math.inf
-    reps, start = 0, time.perf_counter()
-    while reps < min_reps or time.perf_counter() - start < min_seconds:
-        t0, c0 = time.perf_counter(), time.process_time()
-        torch.mm(a, b, out=out)
-        best_wall, best_cpu = min(best_wall, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
-        reps += 1
-    flops = 2.0 * size**3
-    return flops / best_wall / 1e9, flops / max(best_cpu, 1e-9) / 1e9
-
-
 # --- the lmgym sides ------------------------------------------------------------------------------------------
 
 
@@ -350,6 +332,7 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
     from rich.console import Console
 
     from lmgym.algos import get_trainer
+    from lmgym.bench.speed import matmul_peak
     from lmgym.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="lmgym-vs-trl-") as run_dir:
@@ -478,6 +461,7 @@ def run_trl_side(settings: Settings, gate: Gate | None = None) -> dict[str, Any]
     import trl
     from transformers import AutoModelForCausalLM, TrainerCallback
 
+    from lmgym.bench.speed import matmul_peak
     from lmgym.data.task import load_task
     from lmgym.models.loading import load_tokenizer
     from lmgym.models.policy import freeze
