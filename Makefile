@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of torch 2.13.0 is on this machine's disk; any other spec downloads gigabytes.
 TORCH_SPEC := torch==2.13.0
 
-.PHONY: demo test bench bench-grue bench-speed lint install clean wordnet
+.PHONY: demo test bench bench-grue bench-speed lint install clean wordnet browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,20 @@ wordnet:
 	  fi; \
 	fi
 
-test: $(STAMP) wordnet
+# The `lmgym label` tests drive Debian's Chromium headless (through Playwright, which never downloads a browser).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Chromium (Debian's chromium) for the lmgym label browser tests"; \
+	    apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+	      || echo "note: could not install chromium; the lmgym label browser tests will skip"; \
+	  else \
+	    echo "note: the lmgym label browser tests need Chromium: apt-get install chromium (as root); they skip without it"; \
+	  fi; \
+	fi
+
+test: $(STAMP) wordnet browser
 	$(BIN)/python -m pytest -q
 
 BENCH_STAMP := $(VENV)/.bench-installed

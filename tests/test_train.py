@@ -25,8 +25,10 @@ def overrides(run_dir: Path, name: str, *extra: str) -> list[str]:
     return ["task=toy", "model=tiny", "threads=1", f"run_dir={run_dir}", f"name={name}", *extra]
 
 
-# Small and quick, but every moving part on: adaptive KL, value clipping, several epochs and minibatches.
+# Small and quick, but every moving part on: adaptive KL, value clipping, several epochs and minibatches,
+# running reward normalisation (its statistics must be checkpointed for the resume to be exact).
 SMALL = [
+    "reward.normalize=true",
     "rollout.batch_size=8",
     "ppo.epochs=2",
     "ppo.minibatch_size=4",

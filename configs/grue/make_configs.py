@@ -4,9 +4,11 @@
 
 ``hub``: the models and PPO/NLPO settings of the published GRUE runs (RL4LMs' task configs:
 model, episode length, learning rate, epochs, minibatch, rollout size = n_steps × n_envs, KL
-coefficient and target, sampling top-k, iterations), for users with a network. RL4LMs'
-``target_kl`` is carried over as ``kl.target`` as is. Their supervised runs are not reproduced
-here: the ``sft`` settings are lmgym's (lr 1e-4 for T5, 1e-5 for GPT-2).
+coefficient and target, sampling top-k, iterations), for users with a network. RL4LMs steers β once
+per rollout on the mean KL per generated token, β ← β·(1 + 0.1·clip((KL − target)/target, ±0.2)):
+``kl.per: token`` and ``kl.update_rate: 0.1`` reproduce that rule, so their ``target_kl`` is carried
+over as ``kl.target`` in its own unit. Their supervised runs are not reproduced here: the ``sft``
+settings are lmgym's (lr 1e-4 for T5, 1e-5 for GPT-2).
 
 ``offline``: the bundled SmolLM2-135M-Instruct on the offline generators, sized for a laptop CPU
 (top 8 blocks trained, rollouts of 16, 20 RL iterations, 30 supervised steps of 16 references cut
@@ -66,6 +68,8 @@ def hub_config(task: str, algo: str) -> dict[str, Any]:
     config = _with_algo(
         config, algo, lr, rollout, 64, 5, kl_coef, kl_target, iterations, sft_lr=1e-5 if "gpt2" in model else 1e-4
     )
+    if "kl" in config:  # RL4LMs' controller: per-token KL, a fixed rate of 0.1 per rollout
+        config["kl"].update(per="token", update_rate=0.1)
     if algo.endswith("nlpo"):
         config["nlpo"].update(HUB_NLPO.get(task, {}))
     return config

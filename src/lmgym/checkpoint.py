@@ -19,10 +19,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from lmgym.errors import InputError, MissingFileError
+
 STEP_RE = re.compile(r"^step-(\d+)$")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -35,7 +37,7 @@ def _fsync_tree(path: Path) -> None:
         if f.is_file():
             with f.open("rb") as handle:
                 os.fsync(handle.fileno())
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
 def optimizer_to_safetensors(
@@ -102,7 +104,7 @@ def save_checkpoint(
     if directory.exists():
         _discard(directory)
     os.replace(tmp, directory)
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
     return directory
 
 
@@ -160,7 +162,7 @@ def load_checkpoint(
         load_model(policy, str(directory / "policy.safetensors"))
     for file_name, module in (extra_modules or {}).items():
         if not (directory / file_name).exists():
-            raise FileNotFoundError(f"checkpoint {directory} lacks {file_name}; it was written by another algorithm")
+            raise MissingFileError(f"checkpoint {directory} lacks {file_name}; it was written by another algorithm")
         load_model(module, str(directory / file_name))
     if optimizer is not None:
         meta = json.loads((directory / "optimizer.json").read_text(encoding="utf-8"))
@@ -177,7 +179,7 @@ def _load_trainable(policy: torch.nn.Module, state: dict[str, torch.Tensor], dir
     params = dict(policy.named_parameters())
     lacking = [name for name in missing if name in params and params[name].requires_grad]
     if unexpected or lacking:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {directory} does not match this run's trainable weights (missing {lacking[:3]}, unexpected "
             f"{unexpected[:3]}); was it written with other peft settings?"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,38 +11,44 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lmgym.errors import InputError, LmgymError, MissingPackageError, UserCodeError
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Fine-tune language models with RL against any reward."
 )
 console = Console()
 
 
+_debug = {"on": bool(os.environ.get("LMGYM_DEBUG"))}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="on an error, print the full traceback (also: LMGYM_DEBUG=1)")
+    ] = False,
+) -> None:
+    """Fine-tune language models with RL against any reward."""
+    _debug["on"] = debug or bool(os.environ.get("LMGYM_DEBUG"))
+
+
 def _fail(err: Exception) -> None:
+    """One line for an error lmgym raised on purpose (exit 2); with --debug, the full traceback."""
+    if _debug["on"]:
+        console.print_exception()
     # str(KeyError) is the repr of its message; show the message itself.
-    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    message = err.args[0] if isinstance(err, KeyError) and not isinstance(err, LmgymError) and err.args else err
     console.print("[bold red]error:[/] ", end="")
     console.print(str(message), highlight=False, markup=False)  # a message may contain [brackets]
+    if isinstance(err, UserCodeError) and not _debug["on"]:
+        console.print("(lmgym --debug ... shows the whole traceback)", style="dim", highlight=False)
     raise typer.Exit(2)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from lmgym.config import ConfigError
-    from lmgym.guards import TrainingError
-    from lmgym.metrics.base import MissingRequirement
-    from lmgym.models.loading import ModelLoadError
-    from lmgym.rewards.base import RewardError
-
-    return (
-        ConfigError,
-        ModelLoadError,
-        RewardError,
-        TrainingError,
-        MissingRequirement,
-        FileExistsError,
-        FileNotFoundError,
-        KeyError,
-        ValueError,
-    )
+    """What the commands turn into one line: every error lmgym raises on purpose derives from LmgymError
+    (a user's own code that raised inside a reward or task arrives wrapped, as UserCodeError)."""
+    return (LmgymError,)
 
 
 def _quiet_loading() -> None:
@@ -155,7 +162,7 @@ def bench(
             _fail(err)
         return
     if which != "speed":
-        _fail(ValueError(f"unknown benchmark {which!r}; available: speed, grue"))
+        _fail(InputError(f"unknown benchmark {which!r}; available: speed, grue"))
     from lmgym.bench.speed import run_speed_benchmark
 
     run_speed_benchmark(model=model, batch=batch, new_tokens=new_tokens, repeats=repeats, console=console)
@@ -181,6 +188,94 @@ def rm_train(
         train_reward_model(load_config(config, set_), console=console, overwrite=overwrite)
     except _user_errors() as err:
         _fail(err)
+
+
+@app.command()
+def label(
+    sources: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Argument(help="a run folder, a JSONL of {prompt, responses} rows, or two run folders with --eval"),
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option(help="labels file (JSONL), appended to and continued from")] = None,  # noqa: UP045
+    host: Annotated[str, typer.Option(help="address to listen on; any but loopback requires the token")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0: any free one)")] = 8765,
+    token: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="access token every request must carry (made and printed when --host is not loopback)"),
+    ] = None,
+    per_item: Annotated[int, typer.Option(help="judgments per item, each from a different annotator")] = 1,
+    sample: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="run source: K fresh samples per held-out prompt from its final policy, all pairs"),
+    ] = None,
+    eval_: Annotated[bool, typer.Option("--eval", help="blind A/B evaluation of two runs' final generations")] = False,
+    seed: Annotated[int, typer.Option(help="seed of the item order, the shown order and --sample")] = 0,
+    stats: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="instead of serving: report on a labels file, write human_eval.json and .png beside it"),
+    ] = None,
+) -> None:
+    """Collect human comparisons in the browser (or report on collected ones with --stats)."""
+    from lmgym.label import missing_packages
+
+    missing = missing_packages(stats=stats is not None)
+    if missing:
+        _fail(MissingPackageError(missing))
+    if stats is not None:
+        _label_report(stats)
+        return
+    if not sources or out is None:
+        _fail(InputError("usage: lmgym label SOURCE [SOURCE] --out labels.jsonl  (or lmgym label --stats FILE)"))
+    from lmgym.label.server import serve
+
+    if sample is not None:
+        logging.basicConfig(level=logging.WARNING)
+        _quiet_loading()
+    try:
+        serve(sources, out, host, port, token, per_item, sample, eval_, seed, console)
+    except (*_user_errors(), ValueError, OSError) as err:  # bad sources or options; a busy port or labels file
+        _fail(err)
+    except KeyboardInterrupt:
+        pass
+
+
+def _label_report(path: Path) -> None:
+    from lmgym.label.stats import write_stats
+
+    try:
+        result, json_path, png_path = write_stats(path)
+    except (*_user_errors(), ValueError, OSError) as err:
+        _fail(err)
+    table = Table(title=f"judgments in {path}")
+    for column in ("annotator", "pick", "tie", "skip", "undone"):
+        table.add_column(column, justify="left" if column == "annotator" else "right")
+    for name, counts in result["annotators"].items():
+        table.add_row(name, *(str(counts[k]) for k in ("pick", "tie", "skip", "undone")))
+    console.print(table)
+    agree = result["agreement"]
+    if agree["method"]:
+        kappa = "undefined" if agree["kappa"] is None else f"{agree['kappa']:.3f}"
+        console.print(
+            f"agreement: {agree['method'].capitalize()}'s κ = {kappa} on {agree['items']} items "
+            f"(all agree on {agree['observed_agreement']:.0%})"
+        )
+    else:
+        console.print(f"agreement: {agree['note']}")
+    bias = result["position_bias"]
+    if bias:
+        lo, hi = bias["ci95"]
+        console.print(
+            f"position bias: the response shown first won {bias['left_wins']}/{bias['picks']} picks "
+            f"({bias['left_win_rate']:.1%}, 95% CI {lo:.1%}–{hi:.1%}; binomial test p = {bias['p_value']:.3g})"
+        )
+    for e in result["eval"]:
+        lo, hi = e["ci95"]
+        console.print(
+            f"A = {e['A']} vs B = {e['B']}: A won {e['a_wins']}, B won {e['b_wins']}, {e['ties']} ties; "
+            f"A's win rate {e['win_rate_a']:.1%} (ties as half a win; 95% CI {lo:.1%}–{hi:.1%})",
+            highlight=False,
+        )
+    console.print(f"written: {json_path}, {png_path}", highlight=False)
 
 
 def main() -> None:

@@ -15,10 +15,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lmgym.errors import InputError, LmgymError
+
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-class ConfigError(ValueError):
+class ConfigError(LmgymError, ValueError):
     """A configuration problem, with the offending field named."""
 
 
@@ -41,14 +43,29 @@ class ModelConfig(Section):
     max_prompt_tokens: int = Field(128, gt=0, description="prompt budget in tokens (see long_prompts)")
     long_prompts: Literal["truncate", "error"] = Field(
         "truncate",
-        description="a prompt over max_prompt_tokens: 'truncate' keeps its end (the count is logged each "
-        "iteration); 'error' stops before training and names the first such sample",
+        description="a prompt over max_prompt_tokens: 'truncate' cuts it at truncation_side (the count is logged "
+        "each iteration); 'error' stops before training and names the first such sample",
     )
-    freeze_embeddings: bool = Field(
-        True,
+    truncation_side: Literal["auto", "left", "right"] = Field(
+        "auto",
+        description="which end of an over-long prompt is cut. 'auto': the task's choice (tasks whose prompts "
+        "start with an instruction, e.g. cnn_dailymail and narrativeqa, cut the right), else 'left' for causal "
+        "models (keep the text they continue) and 'right' for encoder-decoders (keep the leading instruction)",
+    )
+    freeze_embeddings: bool | None = Field(
+        None,
         description="keep input embeddings and LM head fixed: with Adam every vocabulary row would otherwise move "
-        "by ~lr each step (the softmax sends all of them gradient), shifting the whole distribution at once",
+        "by ~lr each step (the softmax sends all of them gradient), shifting the whole distribution at once. "
+        "None: frozen, except for the randomly initialised 'tiny' test models, which learn nothing without them",
     )
+
+    @property
+    def embeddings_frozen(self) -> bool:
+        """`freeze_embeddings` resolved: an explicit setting, else frozen for every model but the tiny ones."""
+        if self.freeze_embeddings is not None:
+            return self.freeze_embeddings
+        return self.name not in ("tiny", "tiny-seq2seq")
+
     trainable_layers: int | None = Field(
         None, gt=0, description="train only the top N transformer blocks (of each stack); None trains all"
     )
@@ -70,7 +87,7 @@ class GenerationSettings(Section):
     @model_validator(mode="after")
     def _consistent(self) -> GenerationSettings:
         if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(f"min_new_tokens ({self.min_new_tokens}) > max_new_tokens ({self.max_new_tokens})")
+            raise InputError(f"min_new_tokens ({self.min_new_tokens}) > max_new_tokens ({self.max_new_tokens})")
         if not self.do_sample:
             ignored = [
                 f"{name}={value}"
@@ -82,7 +99,7 @@ class GenerationSettings(Section):
                 if value != default
             ]
             if ignored:
-                raise ValueError(
+                raise InputError(
                     f"do_sample=false (greedy decoding) contradicts {', '.join(ignored)}, which only apply when "
                     "sampling: set do_sample=true or remove them"
                 )
@@ -117,8 +134,20 @@ class RolloutConfig(Section):
 class KLSettings(Section):
     controller: Literal["fixed", "adaptive"] = "adaptive"
     coef: float = Field(0.05, ge=0, description="initial β in R − β·(log πθ − log π0)")
-    target: float | None = Field(4.0, gt=0, description="adaptive: KL (nats per sequence) that β steers toward")
+    per: Literal["sequence", "token"] = Field(
+        "sequence",
+        description="unit of the KL the adaptive controller measures and `target` is in: nats summed over each "
+        "completion and averaged over the batch ('sequence', Ziegler et al., TRL), or the mean over the batch's "
+        "generated tokens ('token', RL4LMs/GRUE)",
+    )
+    target: float | None = Field(4.0, gt=0, description="adaptive: the KL (in `per` units) that β steers toward")
     horizon: int = Field(10_000, gt=0, description="adaptive: samples over which β may change by e^0.2")
+    update_rate: float | None = Field(
+        None,
+        gt=0,
+        description="adaptive: β ← β·(1 + rate·e) once per iteration instead of the horizon rule "
+        "β ← β·(1 + e·batch/horizon); RL4LMs uses 0.1",
+    )
 
 
 class OptimConfig(Section):
@@ -186,7 +215,11 @@ class TRPOConfig(CriticConfig):
 
 class ReinforceConfig(OptimConfig):
     baseline_decay: float = Field(
-        0.9, ge=0, lt=1, description="baseline = moving average of the reward with this decay (0: batch mean only)"
+        0.9,
+        ge=0,
+        lt=1,
+        description="baseline = moving average of the earlier iterations' mean return with this decay (0: the "
+        "previous batch's mean; the first iteration uses its own batch mean)",
     )
 
 
@@ -426,11 +459,11 @@ class RewardConfig(Section):
     @model_validator(mode="after")
     def _one_source(self) -> RewardConfig:
         if self.name is not None and self.parts:
-            raise ValueError("give either reward.name or reward.parts, not both")
+            raise InputError("give either reward.name or reward.parts, not both")
         if not self.name and (self.key is not None or self.args):
-            raise ValueError("reward.key and reward.args need reward.name")
+            raise InputError("reward.key and reward.args need reward.name")
         if self.clip is not None and None not in self.clip and self.clip[0] > self.clip[1]:
-            raise ValueError(f"reward.clip: low {self.clip[0]} > high {self.clip[1]}")
+            raise InputError(f"reward.clip: low {self.clip[0]} > high {self.clip[1]}")
         return self
 
     @property
@@ -449,6 +482,12 @@ class EvalConfig(Section):
 
 class CheckpointConfig(Section):
     every: int = Field(0, ge=0, description="save every N iterations (0: only at the end)")
+    every_minutes: float | None = Field(
+        10.0,
+        gt=0,
+        description="also save after the first iteration that ends this many minutes after the last save, so a "
+        "crash loses at most about that much training; None: only `every` and the end",
+    )
     keep: int = Field(2, gt=0, description="how many step-N checkpoints to keep")
 
 

@@ -41,6 +41,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from lmgym.errors import LmgymError
+
 T = TypeVar("T")
 
 _PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,7 +51,7 @@ SHARDINGS = ("none", "full", "grad_op")
 _FSDP1_STRATEGIES = {"FULL_SHARD": "full", "SHARD_GRAD_OP": "grad_op", "NO_SHARD": "none"}
 
 
-class DistributedError(RuntimeError):
+class DistributedError(LmgymError, RuntimeError):
     """A setting that cannot work with the processes or devices at hand; the message says what to change."""
 
 
@@ -173,6 +175,20 @@ class Distributed:
             raise DistributedError(f"{len(items)} items do not split evenly over {self.world_size} processes")
         size = len(items) // self.world_size
         return list(items[self.rank * size : (self.rank + 1) * size])
+
+    def local_minibatches(self, n_local: int, size: int, seed: int) -> list[torch.Tensor]:
+        """Minibatches of the global batch (``n_local`` samples per process, in rank order), as indices into this
+        process's samples: a permutation of the global batch drawn from ``seed`` (the same on every process),
+        cut into pieces of ``size``. A process keeps the members of each piece it holds, which may be none;
+        the loss weights (`loss_weights`) make the averaged gradient the piece's token mean whatever the split."""
+        n_global = n_local * self.world_size
+        perm = torch.randperm(n_global, generator=torch.Generator().manual_seed(seed))
+        start = self.rank * n_local
+        out = []
+        for piece in perm.split(size):
+            mine = piece[(piece >= start) & (piece < start + n_local)]
+            out.append(mine - start)
+        return out
 
     def barrier(self) -> None:
         if self.enabled:

@@ -12,7 +12,7 @@ from lmgym.algos.rollout import compute_task_rewards, tokenize_prompts
 from lmgym.data.sample import Sample
 from lmgym.metrics.diversity import distinct_n
 from lmgym.models.policy import Policy, ReferenceModel, TokenBatch
-from lmgym.rewards.base import Reward
+from lmgym.rewards.base import Reward, frozen
 
 
 @torch.no_grad()
@@ -36,7 +36,7 @@ def evaluate(
     rewards: list[float] = []
     generations: list[str] = []
     nll_sum, n_tokens, lengths = 0.0, 0, []
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), frozen(reward):  # the reward's own scale; running statistics stay
         torch.manual_seed(seed)
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from lmgym.data.sample import Sample
+from lmgym.errors import LmgymError
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LmgymError, RuntimeError):
     """Training cannot go on (non-finite loss, exploding KL, bad reward); the message names where."""
 
 

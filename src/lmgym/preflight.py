@@ -31,11 +31,12 @@ def check_prompt_lengths(tokenizer, samples: Sequence[Sample], config: TrainConf
         )
     if too_long:
         log.warning(
-            "%d of %d %s prompts exceed model.max_prompt_tokens=%d and lose their beginning",
+            "%d of %d %s prompts exceed model.max_prompt_tokens=%d and lose their %s",
             len(too_long),
             len(samples),
             split,
             limit,
+            "end" if tokenizer.truncation_side == "right" else "beginning",
         )
     return len(too_long)
 

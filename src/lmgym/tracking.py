@@ -5,16 +5,71 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-from lmgym.config import TrainConfig, dump_config
+from lmgym.config import ConfigError, TrainConfig, dump_config, load_config
+from lmgym.errors import MissingFileError
+
+# Settings a resumed run may change (train longer, or for another time budget); the rest must match.
+RESUMABLE_CHANGES = {"name", "iterations", "max_train_seconds"}
 
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def run_folder(config: TrainConfig, resume: bool) -> tuple[Path, str | None]:
+    """The run's folder, and a note when ``--resume`` had to find it: a config without ``name`` makes a new
+    timestamped folder each time, so ``--resume`` continues the newest unfinished run of the same config
+    (the same settings apart from `RESUMABLE_CHANGES`) under ``run_dir``."""
+    root = Path(config.run_dir)
+    if config.name:
+        return root / config.name, None
+    if not resume:
+        return root / f"{config.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}", None
+    matches = same_config_runs(root, config)
+    unfinished = [m for m in matches if not (m / "final").exists()]
+    if not unfinished:
+        if matches:
+            names = ", ".join(m.name for m in matches)
+            raise MissingFileError(
+                f"--resume: every run of this config under {root} has finished ({names}); to train one longer, "
+                "name it: --set name=<run> --set iterations=<more> --resume"
+            )
+        raise MissingFileError(f"--resume: there is no run of this config under {root}; start one without --resume")
+    stamps = sorted(((last_activity(m), m) for m in unfinished), reverse=True)
+    if len(stamps) > 1 and stamps[0][0] == stamps[1][0]:
+        names = ", ".join(m.name for _, m in stamps)
+        raise MissingFileError(
+            f"--resume: several unfinished runs of this config ({names}); pick one: --set name=<run>"
+        )
+    picked = stamps[0][1]
+    others = f" (also unfinished: {', '.join(m.name for _, m in stamps[1:])})" if len(stamps) > 1 else ""
+    return picked, f"the newest unfinished run of this config{others}"
+
+
+def same_config_runs(root: Path, config: TrainConfig) -> list[Path]:
+    """Run folders under ``root`` whose config.yaml equals ``config`` apart from `RESUMABLE_CHANGES`."""
+    wanted = config.model_dump(mode="json", exclude=RESUMABLE_CHANGES)
+    found = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            theirs = load_config(folder / "config.yaml") if (folder / "config.yaml").is_file() else None
+        except ConfigError:  # written by another version of lmgym, or not a training run
+            continue
+        if theirs is not None and theirs.model_dump(mode="json", exclude=RESUMABLE_CHANGES) == wanted:
+            found.append(folder)
+    return found
+
+
+def last_activity(folder: Path) -> float:
+    """When the run last wrote progress (its metrics or a checkpoint)."""
+    paths = [folder / "metrics.jsonl", folder / "checkpoints", folder / "config.yaml"]
+    return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
 
 
 class RunDir:
@@ -42,10 +97,21 @@ class RunDir:
             for r in records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
+    def trained(self) -> bool:
+        """Whether any training iteration completed (a record, or a checkpoint)."""
+        has_checkpoint = self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
+        return has_checkpoint or any(r.get("kind") == "train" for r in self.read_metrics())
+
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line]
+        records = []
+        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line a killed process left half-written
+                continue
+        return records
 
     def truncate_after(self, iteration: int) -> None:
         """Drop what a resume from ``iteration`` will redo: records of later iterations, the final

@@ -136,7 +136,7 @@ def test_k3_kl_by_hand() -> None:
     logprobs = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.0, -1.0]], requires_grad=True)
     ref = torch.tensor([[-1.0 + LN2, -2.0 - LN2, -0.5], [-3.0 + LN2, 5.0, -1.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    kl = k3_kl(logprobs, ref)
+    kl = k3_kl(logprobs, ref, mask)
     # e^d − d − 1:  d = ln 2 → 2 − ln 2 − 1 = 0.3068528;  d = −ln 2 → 0.5 + ln 2 − 1 = 0.1931472;  d = 0 → 0
     torch.testing.assert_close(kl[0], torch.tensor([1 - LN2, LN2 - 0.5, 0.0]), atol=1e-6, rtol=0)
     term = masked_mean(kl, mask)
@@ -149,13 +149,27 @@ def test_k3_kl_by_hand() -> None:
     torch.testing.assert_close(logprobs.grad, expected_grad, atol=1e-6, rtol=0)
 
 
+def test_k3_kl_ignores_extreme_log_probs_at_padded_positions() -> None:
+    # A pad position scored −inf by the policy (e.g. under NLPO's mask) and 0 by the zeroed reference:
+    # exp(0 − (−inf)) = inf, and inf·0 would be NaN without masking before the exponential.
+    logprobs = torch.tensor([[-1.0, float("-inf")], [-2.0, -1e4]], requires_grad=True)
+    ref = torch.tensor([[-1.0 + LN2, 0.0], [-2.0, 0.0]])
+    mask = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    kl = k3_kl(logprobs, ref, mask)
+    torch.testing.assert_close(kl, torch.tensor([[1 - LN2, 0.0], [0.0, 0.0]]), atol=1e-6, rtol=0)
+    term = masked_mean(kl, mask)
+    term.backward()
+    assert torch.isfinite(term) and torch.isfinite(logprobs.grad).all()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[-0.5, 0.0], [0.0, 0.0]]), atol=1e-6, rtol=0)
+
+
 # --- (c) REINFORCE --------------------------------------------------------------------------------
 
 
 def test_reinforce_baseline_update_by_hand() -> None:
     assert update_baseline(None, 0.4, 0.9) == pytest.approx(0.4)  # the first batch sets it
     assert update_baseline(0.4, 1.0, 0.9) == pytest.approx(0.46)  # 0.9·0.4 + 0.1·1.0
-    assert update_baseline(0.4, 1.0, 0.0) == pytest.approx(1.0)  # decay 0: the batch mean
+    assert update_baseline(0.4, 1.0, 0.0) == pytest.approx(1.0)  # decay 0: the last batch's mean
 
 
 def test_reinforce_returns_to_go_and_advantages_by_hand() -> None:
@@ -166,12 +180,15 @@ def test_reinforce_returns_to_go_and_advantages_by_hand() -> None:
     trainer = SimpleNamespace(algo_config=ReinforceConfig(baseline_decay=0.8), baseline=0.5)
     rollout = SimpleNamespace(mask=mask)
     advantages, returns = ReinforceTrainer.advantages(trainer, rollout, rewards)
-    # mean G_0 = (1.0 + 1.5)/2 = 1.25;  b = 0.8·0.5 + 0.2·1.25 = 0.65;  A_t = G_t − 0.65 on unmasked tokens
+    # A_t = G_t − 0.5: the baseline of the earlier iterations, not including this batch;
+    # then b ← 0.8·0.5 + 0.2·mean G_0 = 0.4 + 0.2·1.25 = 0.65 for the next iteration
+    torch.testing.assert_close(advantages, torch.tensor([[0.5, 0.4, 0.2], [1.0, 0.5, 0.0]]), atol=1e-6, rtol=0)
     assert trainer.baseline == pytest.approx(0.65)
-    torch.testing.assert_close(advantages, torch.tensor([[0.35, 0.25, 0.05], [0.85, 0.35, 0.0]]), atol=1e-6, rtol=0)
     torch.testing.assert_close(returns, torch.tensor([[1.0, 0.9, 0.7], [1.5, 1.0, 0.0]]), atol=1e-6, rtol=0)
+    advantages, _ = ReinforceTrainer.advantages(trainer, rollout, rewards)  # the next iteration sees 0.65
+    torch.testing.assert_close(advantages, torch.tensor([[0.35, 0.25, 0.05], [0.85, 0.35, 0.0]]), atol=1e-6, rtol=0)
 
-    trainer.baseline = None  # first iteration: b = mean G_0
+    trainer.baseline = None  # first iteration: no history, so b = this batch's mean G_0
     advantages, _ = ReinforceTrainer.advantages(trainer, rollout, rewards)
     assert trainer.baseline == pytest.approx(1.25)
     torch.testing.assert_close(advantages, torch.tensor([[-0.25, -0.35, -0.55], [0.25, -0.25, 0.0]]), atol=1e-6, rtol=0)

@@ -45,6 +45,38 @@ def test_dpo_losses_by_hand(beta: float) -> None:
     assert float(stats["rewards/accuracy"]) == 0.5
 
 
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))  # −log σ(−x)
+
+
+# Three pairs with unequal log-ratios, so that no loss is symmetric under swapping chosen and rejected.
+PI_W3, REF_W3 = torch.tensor([-2.0, -6.0, -3.0]), torch.tensor([-3.0, -5.5, -3.5])  # log-ratios 1, −0.5, 0.5
+PI_L3, REF_L3 = torch.tensor([-4.0, -1.0, -7.0]), torch.tensor([-3.0, -1.25, -7.75])  # log-ratios −1, 0.25, 0.75
+MARGINS3 = (2.0, -0.75, -0.25)  # chosen − rejected log-ratio; their sum (1.0) is not 0
+
+
+@pytest.mark.parametrize(("beta", "eps"), [(0.1, 0.2), (0.5, 0.1), (2.0, 0.3)])
+def test_dpo_losses_by_hand_with_asymmetric_margins(beta: float, eps: float) -> None:
+    n = len(MARGINS3)
+    # −log σ(h) = softplus(−h); cDPO mixes in the flipped label with weight ε; IPO regresses the margin to 1/(2β).
+    sigmoid = sum(softplus(-beta * m) for m in MARGINS3) / n
+    conservative = sum((1 - eps) * softplus(-beta * m) + eps * softplus(beta * m) for m in MARGINS3) / n
+    ipo = sum((m - 1 / (2 * beta)) ** 2 for m in MARGINS3) / n
+    # The preference's direction matters: the same pairs read the other way round score differently.
+    assert sigmoid != pytest.approx(sum(softplus(beta * m) for m in MARGINS3) / n)
+    assert ipo != pytest.approx(sum((-m - 1 / (2 * beta)) ** 2 for m in MARGINS3) / n)
+    for loss_type, expected in (("sigmoid", sigmoid), ("conservative", conservative), ("ipo", ipo)):
+        loss, stats = dpo_loss(PI_W3, PI_L3, REF_W3, REF_L3, beta, loss_type, eps)
+        assert float(loss) == pytest.approx(expected, rel=1e-6), loss_type
+        # Implicit rewards β·log-ratio: chosen β·(1 − 0.5 + 0.5)/3, rejected β·(−1 + 0.25 + 0.75)/3 = 0.
+        assert float(stats["rewards/chosen"]) == pytest.approx(beta / 3)
+        assert float(stats["rewards/rejected"]) == pytest.approx(0.0, abs=1e-7)
+        assert float(stats["rewards/margin"]) == pytest.approx(beta * sum(MARGINS3) / n)
+        assert float(stats["rewards/accuracy"]) == pytest.approx(1 / 3)  # only pair 0's chosen reward is higher
+    with pytest.raises(ValueError, match=r"dpo\.loss must be"):
+        dpo_loss(PI_W3, PI_L3, REF_W3, REF_L3, beta, "hinge")
+
+
 def test_pairs_of_rankings_and_choices() -> None:
     ranking = Comparison("r", "p", ("a", "b", "c"))
     choice = Comparison("c", "p", ("a", "b", "c"), ranked=False)

@@ -126,3 +126,24 @@ def test_resume_with_another_number_of_processes(runs: tuple[Path, Path], tmp_pa
     resumed, single = load_file(str(out / "ppo-rank0.safetensors")), load_file(str(one / "ppo-rank0.safetensors"))
     for name in single:
         torch.testing.assert_close(resumed[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_minibatches_count_samples_of_the_global_batch(tmp_path: Path) -> None:
+    """rollout.batch_size=16, minibatch_size=4, 2 epochs: 4 optimizer steps per epoch whatever the process
+    count. Each minibatch is cut from the global batch (a process may hold any share of it, even none: at
+    iteration 1 rank 1 holds no sample of the first minibatch), so two processes take the steps one does."""
+    extra = ["iterations=2", "rollout.batch_size=16", "ppo.minibatch_size=4", "grpo.minibatch_size=4", "grpo.epochs=2"]
+    run(tmp_path / "two", 2, "ppo,grpo", *extra)
+    run(tmp_path / "one", 1, "ppo,grpo", *extra)
+    for algo in ("ppo", "grpo"):
+        two = load_file(str(tmp_path / "two" / f"{algo}-rank0.safetensors"))
+        one = load_file(str(tmp_path / "one" / f"{algo}-rank0.safetensors"))
+        for name in one:
+            torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=f"{algo} {name}")
+        for folder in ("two", "one"):
+            history = json.loads((tmp_path / folder / f"{algo}-rank0.json").read_text())["history"]
+            assert [r["update_steps"] for r in history] == [8.0, 8.0], (algo, folder)
+        h2 = json.loads((tmp_path / "two" / f"{algo}-rank0.json").read_text())["history"]
+        h1 = json.loads((tmp_path / "one" / f"{algo}-rank0.json").read_text())["history"]
+        for key in ("loss/policy", "approx_kl", "clip_frac", "grad_norm"):
+            assert [r[key] for r in h2] == pytest.approx([r[key] for r in h1], rel=1e-3, abs=1e-6), (algo, key)

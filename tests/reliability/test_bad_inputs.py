@@ -46,6 +46,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write("unsafe.yaml", '!!python/object/apply:os.system ["echo pwned"]\n')
     write("latin1.yaml", "name: caf\u00e9\n".encode("latin-1"))
     write("unknown.yaml", "ppo:\n  learning_rate: 0.1\n")
+    write("no_refs.jsonl", "".join(json.dumps({"prompt": f"Write about item {i}"}) + "\n" for i in range(12)))
+    write("comparisons.jsonl", '{"prompt": "p", "chosen": "good", "rejected": "bad"}\n{"prompt": "p", "chosen": "x"}\n')
+    # A user's reward module with a bug in it (imported by name: its folder is put on sys.path).
+    write("user_rewards_lmgym_test.py", "def broken(prompts, generations, references, meta):\n    return [1 / 0]\n")
+    out["hub_imdb"] = Path(__file__).resolve().parents[2] / "configs" / "grue" / "hub" / "imdb" / "ppo.yaml"
 
     model, tok = tiny_model()
     no_config = root / "no_config"
@@ -128,6 +133,17 @@ CASES: list[tuple[str, list[str], str]] = [
     ("reward module missing", ["reward.name=no_such_module_xyz:score"], "cannot import module 'no_such_module_xyz'"),
     ("reward function missing", ["reward.name=lmgym.rewards.base:no_such_fn"], "has no attribute 'no_such_fn'"),
     ("reward name misspelt", ["reward.name=bleuu"], "did you mean 'bleu'"),
+    # a user's bug: one line naming the reward, the exception and the user's file:line (the folder is removed)
+    (
+        "user reward raises",
+        ["reward.name=user_rewards_lmgym_test:broken"],
+        "reward 'broken' raised ZeroDivisionError at {user_rewards_lmgym_test.py}:2: division by zero",
+    ),
+    ("reward needs references", file_task("{no_refs.jsonl}", "reward=bleu"), "sample 0 has no reference"),
+    ("comparisons with a broken row", ["algo=dpo", "dpo.data={comparisons.jsonl}"], "row 2 has no 'rejected' field"),
+    # settings that cannot work here, and the hub without a network
+    ("fp16 on a CPU", ["accelerate.mixed_precision=fp16"], "fp16 needs a GPU"),
+    ("hub task offline", ["@{hub_imdb}", "task=imdb"], "could not load 'stanfordnlp/imdb'"),
     # run folders
     ("resume a run that does not exist", ["!resume", "name=ghost"], "there is no run at"),
     ("run exists without --resume", ["name=keep"], "--resume"),
@@ -141,8 +157,10 @@ def test_enough_distinct_cases() -> None:
 
 @pytest.mark.parametrize(("case_id", "args", "fragment"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gives_one_clear_error(
-    tmp_path: Path, files: dict[str, Path], case_id: str, args: list[str], fragment: str
+    tmp_path: Path, files: dict[str, Path], case_id: str, args: list[str], fragment: str, monkeypatch
 ) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub task must fail fast, as on a machine without a network
+    monkeypatch.syspath_prepend(str(files["root"]))
     runs = tmp_path / "runs"
     (runs / "keep" / "checkpoints").mkdir(parents=True)
     (runs / "keep" / "config.yaml").write_text("task: toy\n", encoding="utf-8")
@@ -151,6 +169,7 @@ def test_bad_input_gives_one_clear_error(
 
     for name, path in files.items():
         args = [a.replace("{" + name + "}", str(path)) for a in args]
+        fragment = fragment.replace("{" + name + "}", str(path))
     command = ["train"]
     sets = ["model.name=tiny", "task=toy", "threads=1", f"run_dir={runs}", "name=bad"]
     for arg in args:
@@ -170,3 +189,15 @@ def test_bad_input_gives_one_clear_error(
     assert output.count("error:") == 1, output
     assert " ".join(fragment.split()) in output, output
     assert tree(runs) == before, f"{case_id} changed {runs}"
+
+
+def test_debug_shows_the_traceback_of_a_users_bug(tmp_path: Path, files: dict[str, Path], monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(files["root"]))
+    sets = ["model.name=tiny", "threads=1", f"run_dir={tmp_path}", "reward.name=user_rewards_lmgym_test:broken"]
+    command = ["train", *(arg for s in sets for arg in ("--set", s))]
+    plain = CliRunner().invoke(app, command)
+    assert plain.exit_code == 2 and "Traceback" not in plain.output and "--debug" in plain.output
+    debug = CliRunner().invoke(app, ["--debug", *command])
+    assert debug.exit_code == 2
+    assert "Traceback" in debug.output and "return [1 / 0]" in debug.output  # the user's own line
+    assert " ".join(debug.output.split()).count("error:") == 1

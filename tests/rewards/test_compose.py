@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -118,6 +119,47 @@ def test_reward_config_section_builds_and_validates() -> None:
         load_config(None, ["reward.clip=[2, 1]"])
     with pytest.raises(ConfigError, match=r"unknown config key 'reward\.wieght'"):
         load_config(None, ["reward.wieght=1"])
+
+
+# Four samples whose raw scores land on both sides of the clip bounds after 1 − x (scale −1, offset 1).
+ORDER_GENS = ["g0", "g1", "g2", "g3"]
+ORDER_RAW = {"g0": 0.2, "g1": 0.9, "g2": 1.5, "g3": -0.4}
+ORDER_META = [{"gen_token_ids": list(range(n))} for n in (2, 1, 4, 2)]
+
+
+def raw_by_text(prompts, generations, references, meta):
+    return [ORDER_RAW[g] for g in generations]
+
+
+def score_order(**section) -> list:
+    reward = build_reward(RewardConfig(scale=-1.0, offset=1.0, clip=(0.0, 0.5), **section), raw_by_text)
+    assert reward is not None
+    return reward([""] * 4, ORDER_GENS, [[""]] * 4, ORDER_META)
+
+
+def test_reward_section_applies_scale_offset_then_clip_then_normalize_then_per_token() -> None:
+    # 1 − x: 0.8, 0.1, −0.5, 1.4; then clip to [0, 0.5]: 0.5, 0.1, 0.0, 0.5.
+    # (Clip first would give 1 − [0.2, 0.5, 0.5, 0.0] = 0.8, 0.5, 0.5, 1.0.)
+    clipped = [0.5, 0.1, 0.0, 0.5]
+    assert score_order() == pytest.approx(clipped, abs=1e-12)
+    # Normalisation (first batch: its own mean and population std) acts on the clipped scores;
+    # normalising first and clipping after would leave every value inside [0, 0.5].
+    mean = sum(clipped) / 4  # 0.275
+    std = math.sqrt(sum((c - mean) ** 2 for c in clipped) / 4)  # sqrt(0.051875)
+    z = [(c - mean) / (std + 1e-8) for c in clipped]
+    assert z[2] < -1.0 and z[0] > 0.5  # outside the clip range: clipping did not come last
+    assert score_order(normalize=True) == pytest.approx(z, rel=1e-9)
+    # per_token last: each sequence's normalised value goes on its last token, zeros elsewhere. Shaping before
+    # normalising would pool the zeros of the other tokens into the statistics.
+    assert score_order(normalize=True, per_token="last") == [
+        pytest.approx([0.0, z[0]], abs=1e-9),
+        pytest.approx([z[1]], abs=1e-9),
+        pytest.approx([0.0, 0.0, 0.0, z[2]], abs=1e-9),
+        pytest.approx([0.0, z[3]], abs=1e-9),
+    ]
+    # uniform: the normalised value split evenly over the tokens.
+    uniform = score_order(normalize=True, per_token="uniform")
+    assert uniform == [pytest.approx([v / n] * n, rel=1e-9) for v, n in zip(z, (2, 1, 4, 2), strict=True)]
 
 
 def test_trainer_uses_the_configured_reward(tmp_path: Path) -> None:

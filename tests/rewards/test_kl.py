@@ -76,3 +76,47 @@ def test_make_kl_controller() -> None:
         make_kl_controller("adaptive", 0.1, 0.0, 500)
     with pytest.raises(ValueError, match="horizon > 0"):
         AdaptiveKL(0.1, 1.0, 0)
+
+
+def test_rl4lms_rule_with_a_fixed_rate() -> None:
+    """RL4LMs (GRUE): once per rollout, e = clip((KL − target)/target, ±0.2) and β ← β·(1 + 0.1·e), the KL
+    being the mean per generated token, whatever the batch size (n_steps is ignored)."""
+    ctl = make_kl_controller("adaptive", 0.1, 0.1, horizon=10_000, rate=0.1)
+    beta = 0.1
+    for kl, n_steps in ((0.05, 1280), (0.3, 64), (0.12, 1), (0.1, 5000), (0.0, 1280), (0.108, 1280)):
+        ctl.update(kl, n_steps)
+        e = min(max((kl - 0.1) / 0.1, -0.2), 0.2)  # RL4LMs: diff_to_target clipped
+        beta = beta * (1 + 0.1 * e)
+        assert ctl.value == pytest.approx(beta, rel=1e-12)
+    # by hand: e = −0.2 (clipped from −0.5), +0.2 (from 2), +0.2, 0, −0.2 (from −1), +0.08
+    assert ctl.value == pytest.approx(0.1 * 0.98 * 1.02 * 1.02 * 1.0 * 0.98 * 1.008, rel=1e-12)
+
+
+def test_trainer_steers_on_the_configured_kl_unit(tmp_path) -> None:
+    """kl.per=token: the controller sees the mean KL per generated token (RL4LMs); per=sequence: the KL summed
+    over each completion, averaged over the batch (Ziegler et al.)."""
+    import io
+
+    from rich.console import Console
+
+    from lmgym.algos import get_trainer
+    from lmgym.config import load_config
+
+    for per in ("token", "sequence"):
+        config = load_config(None, [
+            "task=toy", "model=tiny", "threads=1", f"run_dir={tmp_path}", f"name={per}", "rollout.batch_size=8",
+            "ppo.minibatch_size=8", "ppo.lr=1e-2", "kl.controller=adaptive", "kl.coef=0.1", "kl.target=0.001",
+            f"kl.per={per}", "kl.update_rate=0.1", "eval.num_prompts=2",
+        ])  # fmt: skip
+        trainer = get_trainer("ppo")(config, console=Console(file=io.StringIO()))
+        seen: list[tuple[float, int]] = []
+
+        def recording_update(kl: float, n: int, update=trainer.kl_ctl.update, seen=seen) -> None:
+            seen.append((kl, n))
+            update(kl, n)
+
+        trainer.kl_ctl.update = recording_update
+        trainer.step(1)
+        record = trainer.step(2)  # after one update the policy has moved: KL > 0
+        assert record["kl"] > record["kl_per_token"] > 0  # a completion has several tokens
+        assert seen[-1] == (record["kl_per_token"] if per == "token" else record["kl"], 8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from lmgym.algos.onpolicy import OnPolicyTrainer, TrainResult
+from lmgym.errors import NotFoundError
 
 # algo name → "module:class"; imported on first use.
 TRAINERS: dict[str, str] = {
@@ -23,7 +24,7 @@ TRAINERS: dict[str, str] = {
 
 def get_trainer(algo: str) -> type[OnPolicyTrainer]:
     if algo not in TRAINERS:
-        raise KeyError(f"unknown algo {algo!r}; available: {', '.join(TRAINERS)}")
+        raise NotFoundError(f"unknown algo {algo!r}; available: {', '.join(TRAINERS)}")
     module, name = TRAINERS[algo].split(":")
     return getattr(importlib.import_module(module), name)
 

@@ -19,6 +19,7 @@ import torch
 from lmgym.algos.advantages import masked_mean
 from lmgym.algos.ppo import PolicyTerms, PPOTrainer, approx_kl
 from lmgym.data.sample import Sample
+from lmgym.errors import InputError
 
 
 def sequence_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -29,18 +30,18 @@ def sequence_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def by_group(x: torch.Tensor, k: int) -> torch.Tensor:
     """[B] → [B/k, k]: row i holds the k completions of the i-th prompt."""
     if x.shape[0] % k:
-        raise ValueError(f"{x.shape[0]} samples do not split into groups of k={k}")
+        raise InputError(f"{x.shape[0]} samples do not split into groups of k={k}")
     return x.view(-1, k)
 
 
 def check_groups(samples: list[Sample], k: int) -> None:
     """Raise unless the samples come as k consecutive copies of each prompt."""
     if len(samples) % k:
-        raise ValueError(f"the rollout holds {len(samples)} samples, not a multiple of k={k}")
+        raise InputError(f"the rollout holds {len(samples)} samples, not a multiple of k={k}")
     for start in range(0, len(samples), k):
         ids = {s.id for s in samples[start : start + k]}
         if len(ids) != 1:
-            raise ValueError(f"samples {start}..{start + k - 1} should be k={k} completions of one prompt, got {ids}")
+            raise InputError(f"samples {start}..{start + k - 1} should be k={k} completions of one prompt, got {ids}")
 
 
 def per_token(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

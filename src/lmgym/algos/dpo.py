@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from lmgym.algos.offline import OfflineTrainer, completion_ids
 from lmgym.config import DPOConfig
 from lmgym.data.preferences import Comparison, comparisons_from_scored, load_comparisons
+from lmgym.errors import InputError, MissingFileError
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def dpo_loss(
     elif loss_type == "ipo":
         losses = (h / beta - 1 / (2 * beta)) ** 2
     else:
-        raise ValueError(f"dpo.loss must be 'sigmoid', 'conservative' or 'ipo', got {loss_type!r}")
+        raise InputError(f"dpo.loss must be 'sigmoid', 'conservative' or 'ipo', got {loss_type!r}")
     with torch.no_grad():
         chosen_reward, rejected_reward = beta * chosen_logratio, beta * rejected_logratio
         stats = {
@@ -85,14 +86,14 @@ class DPOTrainer(OfflineTrainer):
         if cfg.data == "logged":
             comparisons = comparisons_from_scored(self.logged_generations(), mode="ranking")
             if not comparisons:
-                raise ValueError(
+                raise InputError(
                     "dpo.data=logged: every prompt's logged completions got the same reward, so there is no "
                     "preference to learn; raise dpo.logged_per_prompt or give a JSONL of comparisons"
                 )
         elif Path(cfg.data).expanduser().exists():
             comparisons = load_comparisons(cfg.data)
         else:
-            raise FileNotFoundError(f"dpo.data: {cfg.data!r} is neither 'logged' nor an existing JSONL file")
+            raise MissingFileError(f"dpo.data: {cfg.data!r} is neither 'logged' nor an existing JSONL file")
         triples = [(c, i, j) for c in comparisons for i, j in pairs_of(c, cfg.pairs)]
         texts = sorted({c.responses[k] for c, i, j in triples for k in (i, j)})
         ids = dict(zip(texts, completion_ids(self.tokenizer, texts), strict=True))
@@ -114,6 +115,9 @@ class DPOTrainer(OfflineTrainer):
             policy_logps[:n], policy_logps[n:], ref_logps[:n], ref_logps[n:], cfg.beta, cfg.loss, cfg.label_smoothing
         )
         return loss, stats
+
+    def status_legend(self) -> str:
+        return "loss, implicit reward margin and accuracy (per gradient step)"
 
     def status(self, record: dict[str, object]) -> str:
         return (

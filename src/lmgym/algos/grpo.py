@@ -45,10 +45,12 @@ def grpo_advantages(rewards: torch.Tensor, k: int, scale_rewards: bool, eps: flo
     return centred.reshape(-1)
 
 
-def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of KL(πθ ‖ π0) from samples of πθ: π0/πθ − log(π0/πθ) − 1 (≥ 0)."""
-    log_ratio = ref_logprobs - logprobs
-    return torch.exp(log_ratio) - log_ratio - 1.0
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(πθ ‖ π0) from samples of πθ: π0/πθ − log(π0/πθ) − 1 (≥ 0); [B, G].
+    Padded positions are masked before the exponential: a pad's log-probs may be anything (−inf under a mask),
+    and exp of them times a zero mask would be inf·0 = NaN."""
+    log_ratio = torch.where(mask.bool(), ref_logprobs - logprobs, 0.0)
+    return (torch.exp(log_ratio) - log_ratio - 1.0) * mask
 
 
 class GRPOTrainer(CriticFreeTrainer):
@@ -76,5 +78,5 @@ class GRPOTrainer(CriticFreeTrainer):
     def policy_loss(self, m: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """PPO's clipped objective plus β times the k3 KL estimate to the reference."""
         loss, stats = ppo_policy_loss(m.logprobs, m.old_logprobs, m.advantages, m.mask, self.algo_config.clip_range)
-        stats["grpo/kl"] = masked_mean(k3_kl(m.logprobs, m.rollout.ref_logprobs[m.idx]), m.mask)
+        stats["grpo/kl"] = masked_mean(k3_kl(m.logprobs, m.rollout.ref_logprobs[m.idx], m.mask), m.mask)
         return loss + self.algo_config.beta * stats["grpo/kl"], stats

@@ -33,6 +33,7 @@ from lmgym.algos.advantages import masked_mean
 from lmgym.algos.offline import OfflineTrainer, completion_ids
 from lmgym.config import ILQLConfig
 from lmgym.data.preferences import ScoredText, load_scored_texts
+from lmgym.errors import InputError, MissingFileError
 from lmgym.models.policy import Policy, forward_generated, head_inputs, logprobs_from_logits
 
 TARGET_FILE = "ilql_target_heads.safetensors"
@@ -142,7 +143,7 @@ def transitions_from(scored: list[ScoredText], tokenizer, max_tokens: int, sourc
         ids = list(s.completion_ids) if s.completion_ids is not None else fallback
         if s.token_rewards is not None:
             if len(s.token_rewards) != len(ids):
-                raise ValueError(
+                raise InputError(
                     f"{source}, example {s.id!r}: {len(s.token_rewards)} token_rewards for {len(ids)} completion "
                     "tokens (the completion's tokens plus EOS under the policy's tokenizer); give 'completion_ids' "
                     "with them"
@@ -173,7 +174,7 @@ class ILQLTrainer(OfflineTrainer):
         elif Path(cfg.data).expanduser().exists():
             scored, source = load_scored_texts(cfg.data), cfg.data
         else:
-            raise FileNotFoundError(f"ilql.data: {cfg.data!r} is neither 'logged' nor an existing JSONL file")
+            raise MissingFileError(f"ilql.data: {cfg.data!r} is neither 'logged' nor an existing JSONL file")
         return transitions_from(scored, self.tokenizer, cfg.max_completion_tokens, source)
 
     def loss_units(self, examples: list[Transition]) -> float:
@@ -231,6 +232,9 @@ class ILQLTrainer(OfflineTrainer):
         super().save_final(model_state)
         save_model(self.policy.heads, str(self.run.final / HEADS_FILE))
         save_model(self.policy.target_q, str(self.run.final / TARGET_FILE))
+
+    def status_legend(self) -> str:
+        return "loss, mean Q of taken tokens, mean V (per gradient step)"
 
     def status(self, record: dict[str, object]) -> str:
         return f"loss {record['loss/total']:.4f}  Q {record['q_mean']:+.3f}  V {record['v_mean']:+.3f}"

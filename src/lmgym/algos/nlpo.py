@@ -63,6 +63,7 @@ from lmgym.algos.advantages import masked_mean
 from lmgym.algos.ppo import PPOTrainer
 from lmgym.algos.rollout import Rollout, collect_rollout, tokenize_prompts
 from lmgym.data.sample import Sample
+from lmgym.errors import InputError, StateError
 
 MASK_FILE = "mask_policy.safetensors"
 
@@ -159,13 +160,13 @@ class MaskPolicyProcessor(LogitsProcessor):
                 encoder_outputs=self._encoder_outputs,
                 attention_mask=self.prompt_mask,
                 decoder_input_ids=input_ids[:, -1:],  # the decoder start token on the first call
-                past_key_values=self._cache,
+                cache=self._cache,
                 use_cache=True,
             )
             return out.logits[:, -1]
         if first:
             if input_ids.shape != self.prompt_ids.shape or not torch.equal(input_ids, self.prompt_ids):
-                raise ValueError("MaskPolicyProcessor: generation's prompt differs from the one it was built with")
+                raise InputError("MaskPolicyProcessor: generation's prompt differs from the one it was built with")
             self._cache = DynamicCache(config=model.config)
             self._attention_mask = self.prompt_mask
             new_ids = input_ids  # the whole (left-padded) prompt
@@ -180,7 +181,7 @@ class MaskPolicyProcessor(LogitsProcessor):
             input_ids=new_ids,
             attention_mask=self._attention_mask,
             position_ids=position_ids,
-            past_key_values=self._cache,
+            cache=self._cache,
             use_cache=True,
             **kwargs,
         )
@@ -190,7 +191,7 @@ class MaskPolicyProcessor(LogitsProcessor):
         """After generation: masked log-probs of ``gen_ids`` [B, G] and the action masks [B, G, V]."""
         G = gen_ids.shape[1]
         if len(self.action_masks) != G or self._pending is None:
-            raise RuntimeError(f"MaskPolicyProcessor saw {len(self.action_masks)} steps for {G} generated tokens")
+            raise StateError(f"MaskPolicyProcessor saw {len(self.action_masks)} steps for {G} generated tokens")
         logprobs = [*self.logprobs, self._pending.gather(-1, gen_ids[:, -1:]).squeeze(-1)]
         self._cache = self._encoder_outputs = self._pending = None  # free the mask model's KV cache
         return torch.stack(logprobs, dim=1), torch.stack(self.action_masks, dim=1)

@@ -26,6 +26,7 @@ from lmgym.algos.onpolicy import OnPolicyTrainer, print_comparison, prompt_indic
 from lmgym.algos.rollout import tokenize_prompts
 from lmgym.config import ConfigError
 from lmgym.data.preferences import ScoredText, load_scored_texts, log_generations, write_jsonl
+from lmgym.errors import InputError
 from lmgym.guards import TrainingError
 from lmgym.models.policy import TokenBatch
 from lmgym.tracking import RunDir
@@ -51,7 +52,7 @@ def make_batch(
     prompt_ids, prompt_mask, _ = tokenize_prompts(tokenizer, list(prompts), max_prompt_tokens)
     rows = [list(ids[:max_completion_tokens]) for ids in completions]
     if any(not row for row in rows):
-        raise ValueError("a completion has no tokens")
+        raise InputError("a completion has no tokens")
     width = max(len(row) for row in rows)
     gen_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     gen_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -86,13 +87,12 @@ class OfflineTrainer(OnPolicyTrainer):
     uses_critic = False
     timed_phases = ("update",)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def prepare_data(self) -> None:
         self.run = OfflineRunDir(self.run.root)
         t0 = time.perf_counter()
         self.examples: list[Any] = self.make_examples()
         if not self.examples:
-            raise ValueError(f"{self.config.algo}: the dataset has no usable example")
+            raise InputError(f"{self.config.algo}: the dataset has no usable example")
         self.data_seconds = time.perf_counter() - t0
 
     # --- what a subclass provides ----------------------------------------------------------------
@@ -206,6 +206,9 @@ class OfflineTrainer(OnPolicyTrainer):
 
     def status(self, record: dict[str, Any]) -> str:
         return f"loss {record['loss/total']:.4f}"
+
+    def status_legend(self) -> str:
+        return "training loss (an iteration is a gradient step)"
 
     def report(self, after: dict[str, float], after_records: list[dict[str, Any]]) -> None:
         print_comparison(self.console, self.before or {}, after, self.before_samples, after_records)

@@ -40,9 +40,10 @@ from lmgym.config import ConfigError, TrainConfig
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task, load_task
 from lmgym.distributed import Distributed, DistributedError
+from lmgym.errors import InputError, MissingFileError, RunExistsError, UserCodeError
 from lmgym.evaluation import evaluate
 from lmgym.guards import Snapshot, TrainingError, describe_sample, restore_snapshot, take_snapshot
-from lmgym.models.loading import LoadedModel, load_model, load_tokenizer
+from lmgym.models.loading import LoadedModel, load_model, load_tokenizer, set_truncation_side
 from lmgym.models.lora import add_lora, save_adapter
 from lmgym.models.policy import (
     Policy,
@@ -53,10 +54,10 @@ from lmgym.models.policy import (
     transformer_blocks,
 )
 from lmgym.preflight import check_context, check_prompt_lengths
-from lmgym.rewards.base import Reward, RewardError, as_reward
+from lmgym.rewards.base import Reward, RewardError, as_reward, load_reward_state, reward_state, walk
 from lmgym.rewards.factory import build_reward
 from lmgym.rewards.kl import make_kl_controller
-from lmgym.tracking import RunDir
+from lmgym.tracking import RunDir, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -117,21 +118,24 @@ class OnPolicyTrainer:
                 + (f", FSDP sharding: {self.dist.sharding}" if self.dist.sharded else "")
             )
         if config.rollout.batch_size % self.samples_per_prompt:
-            raise ValueError(
+            raise InputError(
                 f"rollout.batch_size ({config.rollout.batch_size}) must be a multiple of "
                 f"{config.algo}.k ({self.samples_per_prompt}): it counts completions, k per prompt"
             )
         self.check_data_parallel()
-        name = config.name or f"{config.task}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self.run = RunDir(Path(config.run_dir) / name)
+        # The main process names the run (a timestamp, or the run --resume finds) and tells the others.
+        folder, found = self.dist.broadcast_object(run_folder(config, resume) if self.dist.is_main else None)
+        self.run = RunDir(folder)
+        if found:
+            self.console.print(f"[bold]--resume[/] picked {folder}: {found}")
         if not resume and not overwrite and self.run.root.exists() and any(self.run.root.iterdir()):
             # Checked before any model is loaded, so a name clash costs no compute.
-            raise FileExistsError(
+            raise RunExistsError(
                 f"run folder {self.run.root} exists; pass --resume to continue it, --overwrite to replace it, "
                 "or choose another name (--set name=...)"
             )
         if resume and not (self.run.root / "config.yaml").exists():
-            raise FileNotFoundError(f"--resume: there is no run at {self.run.root} (no config.yaml)")
+            raise MissingFileError(f"--resume: there is no run at {self.run.root} (no config.yaml)")
         self.dist.barrier()  # every rank has looked at the run folder before the main one writes it
         torch.manual_seed(config.seed)
         self.dist.set_threads(config.threads)  # processes on one machine share its cores
@@ -139,6 +143,10 @@ class OnPolicyTrainer:
         self.reward = as_reward(reward) if reward is not None else build_reward(config.reward, self.task.reward)
         if self.reward is None:
             raise ConfigError(f"task {config.task!r} has no default reward: give one in the config's reward section")
+        if self.dist.enabled:  # running reward statistics are those of the global batch
+            for _, node in walk(self.reward):
+                if hasattr(node, "sum_over_processes"):
+                    node.sum_over_processes = self._sum_floats
         if config.rm.retrain_every:
             from lmgym.algos.rm import check_retrainable
 
@@ -146,10 +154,12 @@ class OnPolicyTrainer:
         self.train_samples: list[Sample] = self.task.split("train")
         # Prompts are checked with the tokenizer alone, before any weights are loaded.
         tokenizer = loaded.tokenizer if loaded else load_tokenizer(config.model.name, config.model.trust_remote_code)
+        set_truncation_side(tokenizer, config.model.truncation_side, self.task.truncation_side)
         for split, split_samples in (("train", self.train_samples), (config.eval.split, self.eval_samples)):
             check_prompt_lengths(tokenizer, split_samples, config, split)
         loaded = loaded or load_model(config.model.name, config.model.dtype, config.model.trust_remote_code)
         self.tokenizer = loaded.tokenizer
+        set_truncation_side(self.tokenizer, config.model.truncation_side, self.task.truncation_side)
         value_head = config.model.value_head if self.uses_critic else "none"
         model = loaded.model.to(self.dist.device)
         if config.accelerate.gradient_checkpointing:
@@ -163,7 +173,7 @@ class OnPolicyTrainer:
             model = add_lora(model, config.peft, loaded.is_seq2seq, config.model.name)
         self.reference = ReferenceModel(model, loaded.is_seq2seq)
         if config.peft is None:
-            freeze(model, config.model.freeze_embeddings, config.model.trainable_layers)
+            freeze(model, config.model.embeddings_frozen, config.model.trainable_layers)
             # Sharded blocks are gathered through their FSDP hooks; a pass that starts mid-stack would skip them.
             if config.rollout.reuse_frozen_trunk and not self.dist.sharded:
                 self.reference.share_frozen_trunk(model)
@@ -172,7 +182,8 @@ class OnPolicyTrainer:
         self.build_extras()  # before sharding: extras copied from the policy (NLPO's mask policy) stay whole
         if self.dist.sharded:
             self.shard()
-        self.kl_ctl = make_kl_controller(config.kl.controller, config.kl.coef, config.kl.target, config.kl.horizon)
+        kl = config.kl
+        self.kl_ctl = make_kl_controller(kl.controller, kl.coef, kl.target, kl.horizon, kl.update_rate)
         self.max_new_tokens = config.generation.max_new_tokens or int(self.task.generation.get("max_new_tokens", 32))
         check_context(config, self.max_new_tokens, loaded.model.config, loaded.is_seq2seq)
         self.generation = make_generation_config(self.tokenizer, **config.generation.hf_settings(self.max_new_tokens))
@@ -180,12 +191,33 @@ class OnPolicyTrainer:
         self.optimizer = self.make_optimizer()
         self.dist.broadcast_parameters(self.policy)  # replicas start equal even if a random init differed
         self.start_iteration = 1
+        self.iteration = 0  # the one being trained (seeds its minibatch order)
         self._snapshots: list[Snapshot] = []
         self.before: dict[str, float] | None = None
         self.before_samples: list[dict[str, Any]] = []
+        self.resumed = resume
         self._prepare_run_dir(resume, overwrite)
+        try:
+            self.prepare_data()
+        except BaseException:
+            self.discard_if_untrained()
+            raise
+
+    def prepare_data(self) -> None:
+        """Read or make the training data once the run folder exists (the offline trainers' datasets)."""
+
+    def discard_if_untrained(self) -> None:
+        """Remove the folder of a new run that failed before its first iteration completed (bad input found
+        during setup or at the first rollout): nothing is lost, and no half-made run is left behind."""
+        if self.resumed or not self.dist.is_main or not self.run.root.exists() or self.run.trained():
+            return
+        shutil.rmtree(self.run.root, ignore_errors=True)
+        self.console.print(f"nothing was trained: removed the new run folder {self.run.root}")
 
     # --- setup -----------------------------------------------------------------------------------
+
+    def _sum_floats(self, values: list[float]) -> list[float]:
+        return self.dist.sum(torch.tensor(values, dtype=torch.float64)).tolist()
 
     def shard(self) -> None:
         """FSDP: split the policy's, its critic's and the reference's language models over the ranks."""
@@ -305,22 +337,30 @@ class OnPolicyTrainer:
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         raise NotImplementedError
 
+    def minibatches(self, n: int, size: int, epoch: int) -> list[torch.Tensor]:
+        """This process's sample indices (of its ``n``) for each optimizer step of ``epoch``: the global batch
+        cut into pieces of ``size`` by a permutation seeded by the run's seed, the iteration and the epoch, the
+        same on every process and in a one-process run, so W processes take the steps one process would."""
+        seed = (self.config.seed * 1_000_003 + self.iteration) * 1_009 + epoch
+        return self.dist.local_minibatches(n, size, seed)
+
     def step(self, iteration: int) -> dict[str, Any]:
         # Makes a resumed run exact; each rank samples its own stream (rank 0's is the single-process one).
         torch.manual_seed(self.config.seed * 1_000_003 + iteration + self.dist.rank * 2**32)
+        self.iteration = iteration
         self.snapshot(iteration - 1)
         k = self.samples_per_prompt
         idx = prompt_indices(len(self.train_samples), self.config.rollout.batch_size // k, iteration, self.config.seed)
         idx = self.dist.shard(idx)  # this rank's prompts of the global batch
-        error: str | None = None
+        error: RewardError | UserCodeError | None = None
         try:
             with self.dist.autocast():
                 rollout = self.rollout([self.train_samples[i] for i in idx for _ in range(k)])
-        except RewardError as err:
-            error = str(err)
+        except (RewardError, UserCodeError) as err:  # a bad reward: stop cleanly, keep the last good state
+            error = err
         if self.dist.any(error is not None):  # all ranks stop together
-            problem = error or "a reward failed in another process (its error names the sample)"
-            self.fail(iteration, problem, self._snapshots[-1])
+            problem = str(error) if error else "a reward failed in another process (its error names the sample)"
+            self.fail(iteration, problem, self._snapshots[-1], cause=error)
         rewards, kl = self.kl_penalised_rewards(rollout)
         self.check_kl(iteration, rollout, kl)
         advantages, returns = self.advantages(rollout, rewards)
@@ -338,8 +378,9 @@ class OnPolicyTrainer:
         gather = self.dist.gather
         sample_rewards = gather(rollout.sample_rewards)
         kl_per_seq = float(gather(kl.sum(-1)).mean())
+        kl_per_token = float(self.dist.sum(kl.sum()) / self.dist.sum(rollout.mask.sum()).clamp(min=1))
         kl_coef = self.kl_ctl.value
-        self.kl_ctl.update(kl_per_seq, len(sample_rewards))
+        self.kl_ctl.update(kl_per_token if self.config.kl.per == "token" else kl_per_seq, len(sample_rewards))
         n_gen = int(self.dist.sum(rollout.mask.sum()))
         sum_over_ranks = self.dist.sum if self.dist.enabled else None
         record: dict[str, Any] = {
@@ -349,6 +390,7 @@ class OnPolicyTrainer:
             "reward/task_std": float(sample_rewards.std()) if len(sample_rewards) > 1 else 0.0,
             "reward/penalised": float(gather((rewards * rollout.mask).sum(-1)).mean()),
             "kl": kl_per_seq,
+            "kl_per_token": kl_per_token,
             "kl_coef": kl_coef,
             "entropy": float(
                 masked_mean(rollout.entropy, rollout.mask)
@@ -406,12 +448,18 @@ class OnPolicyTrainer:
             good,
         )
 
-    def fail(self, iteration: int, problem: str, good: Snapshot | None) -> NoReturn:
-        """Save the last good state as the newest checkpoint, then stop with an error naming the problem."""
+    def fail(self, iteration: int, problem: str, good: Snapshot | None, cause: BaseException | None = None) -> NoReturn:
+        """Save the last good state as the newest checkpoint, then stop with an error naming the problem
+        (chained to ``cause``, e.g. the exception a user's reward raised, for `lmgym ... --debug`)."""
+        if good is not None and good.iteration == 0 and not self.resumed:
+            # Nothing was trained yet: there is no state worth a checkpoint (train() removes the new folder).
+            raise TrainingError(f"iteration {iteration}: {problem}. Nothing had been trained yet") from cause
         if good is None:
             newest = list_checkpoints(self.run.checkpoints)
             where = f"the newest checkpoint is {newest[-1][1]}" if newest else "no checkpoint was written"
-            raise TrainingError(f"iteration {iteration}: {problem}. No good state was kept in memory; {where}")
+            raise TrainingError(
+                f"iteration {iteration}: {problem}. No good state was kept in memory; {where}"
+            ) from cause
         restore_snapshot(good, self.policy, self.optimizer, self.checkpoint_modules())
         self.restore_state(good.trainer_state)
         path = self.run.checkpoints / f"step-{good.iteration}"
@@ -427,7 +475,7 @@ class OnPolicyTrainer:
         raise TrainingError(
             f"iteration {iteration}: {problem}. The last good state (after iteration {good.iteration}) is saved in "
             f"{path}; fix the cause and continue with --resume"
-        )
+        ) from cause
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -480,12 +528,15 @@ class OnPolicyTrainer:
             "before": self.before,
             "before_samples": self.before_samples[:3],
             "config": self.config.model_dump(mode="json"),
+            # Running statistics of stateful rewards (reward.normalize): a resume continues them.
+            "reward_state": reward_state(self.reward),
             # fp16's loss scale, which took many steps to settle: a resume must not start it over.
             "grad_scaler": self.dist.scaler.state_dict() if self.dist.scaler is not None else None,
         }
 
     def restore_state(self, state: dict[str, Any]) -> None:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
+        load_reward_state(self.reward, state.get("reward_state", {}))
         if self.dist.scaler is not None and state.get("grad_scaler"):
             self.dist.scaler.load_state_dict(state["grad_scaler"])
         self.before, self.before_samples = state.get("before"), state.get("before_samples", [])
@@ -517,6 +568,13 @@ class OnPolicyTrainer:
         self.dist.barrier()
 
     def train(self) -> TrainResult:
+        try:
+            return self._train()
+        except BaseException:
+            self.discard_if_untrained()
+            raise
+
+    def _train(self) -> TrainResult:
         cfg = self.config
         if self.before is None:
             with self.console.status("evaluating the initial policy"):
@@ -529,13 +587,14 @@ class OnPolicyTrainer:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"),
         )
+        self.console.print(f"it N: {self.status_legend()} | seconds: {'+'.join(self.timed_phases)}", highlight=False)
         with Progress(*columns, console=self.console, transient=False) as progress:
             bar = progress.add_task(
-                f"{cfg.algo} on {cfg.task}", total=cfg.iterations, completed=self.start_iteration - 1, status=""
+                f"{cfg.algo} on {cfg.task}", total=cfg.iterations, completed=self.start_iteration - 1
             )
-            started, last = time.perf_counter(), self.start_iteration - 1
+            started = last_save = time.perf_counter()
+            last = self.start_iteration - 1
             for iteration in range(self.start_iteration, cfg.iterations + 1):
                 record = self.step(iteration)
                 if cfg.rm.retrain_every and iteration % cfg.rm.retrain_every == 0:  # RLHF: refresh the reward model
@@ -546,17 +605,16 @@ class OnPolicyTrainer:
                     self.run.log_metrics(record)
                 history.append(record)
                 last = iteration
-                status = self.status(record)
-                progress.update(bar, advance=1, status=status)
-                progress.console.print(
-                    f"it {iteration:>3}  {status} |"
-                    + "".join(f" {p} {record[f'time/{p}']:.1f}s" for p in self.timed_phases),
-                    highlight=False,
-                )
+                progress.update(bar, advance=1)
+                seconds = "+".join(f"{record[f'time/{p}']:.1f}" for p in self.timed_phases)
+                progress.console.print(f"it {iteration:>3}  {self.status(record)}  {seconds}s", highlight=False)
                 if cfg.eval.every and iteration % cfg.eval.every == 0 and iteration < cfg.iterations:
                     self.evaluate(iteration)
-                if cfg.checkpoint.every and iteration % cfg.checkpoint.every == 0:
+                minutes = cfg.checkpoint.every_minutes
+                due = minutes is not None and self.dist.any(time.perf_counter() - last_save >= 60 * minutes)
+                if (cfg.checkpoint.every and iteration % cfg.checkpoint.every == 0) or due:
                     self.save(iteration)
+                    last_save = time.perf_counter()
                 if cfg.max_train_seconds is not None and self.dist.any(
                     time.perf_counter() - started >= cfg.max_train_seconds  # all ranks stop at the same iteration
                 ):
@@ -576,11 +634,16 @@ class OnPolicyTrainer:
     timed_phases: tuple[str, ...] = ("generate", "score", "update")  # shown on each iteration's line
 
     def status(self, record: dict[str, Any]) -> str:
-        """The short progress line of one iteration's record."""
+        """The short progress line of one iteration's record (it fits an 80-column terminal with `it N` and
+        the phase seconds)."""
         return (
-            f"reward {record['reward/task']:+.3f}  kl {record['kl']:.2f}  β {record['kl_coef']:.3f}  "
-            f"len {record['gen_len']:.1f}"
+            f"reward {record['reward/task']:+.3f}  kl {record['kl']:5.2f}  β {record['kl_coef']:.3f}  "
+            f"len {record['gen_len']:4.1f}"
         )
+
+    def status_legend(self) -> str:
+        """What `status` shows, printed once before the first iteration."""
+        return "task reward, KL (nats/seq), β, tokens"
 
     def save_final(self, model_state: dict[str, torch.Tensor] | None = None) -> None:
         """Write final/ (main process); ``model_state``: the language model's whole tensors of a sharded run."""

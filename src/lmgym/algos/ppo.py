@@ -75,11 +75,6 @@ class PolicyTerms:
 
 
 class PPOTrainer(OnPolicyTrainer):
-    def minibatches(self, n: int) -> list[torch.Tensor]:
-        size = self.algo_config.minibatch_size
-        perm = torch.randperm(n)
-        return [perm[i : i + size] for i in range(0, n, size)]
-
     def score_minibatch(
         self, rollout: Rollout, idx: torch.Tensor, with_entropy: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -141,39 +136,47 @@ class PPOTrainer(OnPolicyTrainer):
         return self._ptx.nll(self.policy)
 
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
-        """``epochs`` passes of minibatch gradient steps on `minibatch_loss`; stops early when the
-        mean approximate KL of an epoch passes 1.5 × ``target_kl`` (where configured)."""
+        """``epochs`` passes of minibatch gradient steps on `minibatch_loss`. With ``target_kl``, the update
+        stops at the first minibatch whose approximate KL (of the global minibatch, measured before its step)
+        passes 1.5 × ``target_kl``; that minibatch takes no step (stable-baselines3, RL4LMs). The statistics
+        are token-weighted means over the minibatches evaluated, ``update_steps`` counts optimizer steps."""
         cfg = self.algo_config
         old_logprobs = self.old_logprobs(rollout)
         target_kl = getattr(cfg, "target_kl", None)
         sums: dict[str, float] = defaultdict(float)
-        steps = 0
-        for _ in range(getattr(cfg, "epochs", 1)):
-            epoch_kl, epoch_steps = 0.0, 0
-            for idx in self.minibatches(len(rollout.samples)):
+        evaluated = steps = 0
+        stopped: tuple[int, int] | None = None
+        for epoch in range(1, getattr(cfg, "epochs", 1) + 1):
+            for number, idx in enumerate(self.minibatches(len(rollout.samples), cfg.minibatch_size, epoch), start=1):
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, stats = self.backward_minibatch(rollout, idx, advantages, returns, old_logprobs)
+                stats = self.backward_minibatch(rollout, idx, advantages, returns, old_logprobs)
+                evaluated += 1
+                for key, value in stats.items():
+                    sums[key] += value
+                if target_kl is not None and self.dist.mean_float(stats["approx_kl"]) > 1.5 * target_kl:
+                    stopped = (epoch, number)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    break
                 # Several processes: the mean gradient of all ranks' minibatches, identical on every rank.
                 self.dist.average_gradients(p for p in self.policy.parameters() if p.requires_grad)
                 self.dist.unscale(self.optimizer)
-                stats["grad_norm"] = self.clip_gradients(cfg.max_grad_norm)
+                grad_norm = float(self.clip_gradients(cfg.max_grad_norm))
                 # With fp16 an overflow is expected now and then: the loss scaler skips that step.
-                if self.dist.scaler is None and not math.isfinite(float(stats["grad_norm"])):
-                    raise TrainingError(
-                        f"the gradient norm is {float(stats['grad_norm'])} {self.culprits(rollout, idx)}"
-                    )
+                if self.dist.scaler is None and not math.isfinite(grad_norm):
+                    raise TrainingError(f"the gradient norm is {grad_norm} {self.culprits(rollout, idx)}")
                 self.dist.step(self.optimizer)
-                stats["loss/total"] = loss
+                sums["grad_norm"] += grad_norm  # the same on every rank
                 steps += 1
-                epoch_steps += 1
-                epoch_kl += float(stats.get("approx_kl", 0.0))
-                for key, value in stats.items():
-                    sums[key] += float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-            if target_kl is not None and self.dist.mean_float(epoch_kl / epoch_steps) > 1.5 * target_kl:
+            if stopped is not None:
                 break
-        out = {k: v / steps for k, v in sums.items()}
+        # Every rank's sums hold its token-weighted share (weights average to 1 over the ranks).
+        means = self.dist.mean_floats(sums)
+        out = {k: v / (evaluated if k != "grad_norm" else max(steps, 1)) for k, v in means.items()}
         out["update_steps"] = float(steps)
-        return self.dist.mean_floats(out)
+        if target_kl is not None:
+            out["early_stop"] = float(stopped is not None)
+            out["early_stop_epoch"], out["early_stop_minibatch"] = map(float, stopped or (0, 0))
+        return out
 
     def backward_minibatch(
         self,
@@ -182,19 +185,24 @@ class PPOTrainer(OnPolicyTrainer):
         advantages: torch.Tensor,
         returns: torch.Tensor,
         old_logprobs: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    ) -> dict[str, float]:
         """`minibatch_loss` and its gradient (summed into ``.grad``), in ``accelerate.grad_accumulation_steps``
-        micro-batches (less activation memory, the same optimizer steps).
+        micro-batches (less activation memory, the same optimizer steps). Returns the loss and its parts,
+        each weighted by this process's share of the global minibatch's tokens (`Distributed.loss_weights`):
+        averaged over the processes they are the global minibatch's token means.
 
         Each loss is a mean over its own tokens; it is weighted by its share of the tokens of the whole
         minibatch, on every rank, so that the summed (and then rank-averaged) gradient is the token mean of the
         global minibatch even when completions end early and the tokens fall unevenly. With one micro-batch in
-        one process the weight is exactly 1."""
-        n_micro = min(self.config.accelerate.grad_accumulation_steps, len(idx))
-        micros = idx.tensor_split(n_micro)
-        weights = self.dist.loss_weights(torch.stack([rollout.mask[m].sum() for m in micros]).tolist())
+        one process the weight is exactly 1. A process may hold fewer samples of a minibatch than there are
+        micro-batches, or none: an empty micro-batch then runs one sample with weight 0, so that every
+        process makes the same collective calls (FSDP's forward and backward passes are collective)."""
+        micros = idx.tensor_split(self.config.accelerate.grad_accumulation_steps)
+        weights = self.dist.loss_weights([float(rollout.mask[m].sum()) for m in micros])
         sums: dict[str, float] = defaultdict(float)
         for micro, weight in zip(micros, weights, strict=True):
+            if len(micro) == 0:
+                micro, weight = torch.zeros(1, dtype=torch.long), 0.0
             with self.dist.autocast(), checkpointed_blocks(self.policy, self.config.accelerate.gradient_checkpointing):
                 loss, stats = self.minibatch_loss(rollout, micro, advantages, returns, old_logprobs)
             finite = bool(torch.isfinite(loss))
@@ -202,12 +210,9 @@ class PPOTrainer(OnPolicyTrainer):
                 where = self.culprits(rollout, micro) if not finite else "in another process's minibatch"
                 raise TrainingError(f"the loss is {float(loss.detach())} {where}")
             self.dist.backward(loss if weight == 1.0 else loss * weight)
-            if n_micro == 1:
-                return loss, stats
-            for key, value in {**stats, "_loss": loss}.items():
-                sums[key] += (float(value.detach()) if isinstance(value, torch.Tensor) else float(value)) / n_micro
-        loss_mean = torch.tensor(sums.pop("_loss"))
-        return loss_mean, dict(sums)
+            for key, value in {**stats, "loss/total": loss}.items():
+                sums[key] += weight * (float(value.detach()) if isinstance(value, torch.Tensor) else float(value))
+        return dict(sums)
 
     def clip_gradients(self, max_norm: float | None) -> torch.Tensor:
         return self.dist.clip_grad_norm(self.policy.parameters(), max_norm)

@@ -2,13 +2,16 @@
 
 Rewards are KL-penalised per token, R̂_t = R_t − β·(log πθ − log π0)_t (the `kl` section's β).
 With γ = 1 the return of token t is its return-to-go, and the baseline b is a moving average
-of the mean sequence return G_0 over iterations:
+of the mean sequence return G_0 over the earlier iterations:
 
     G_t   = Σ_{t' ≥ t} R̂_t'                                        [B, G]
-    b     ← decay·b + (1 − decay)·mean_batch(G_0)                   (b = mean_batch(G_0) at the first
-                                                                      iteration; decay = baseline_decay)
-    A_t   = G_t − b                                                 (the updated b, so decay = 0 is the
-                                                                      batch mean)
+    A_t   = G_t − b                                                 b of the iterations before this one
+                                                                      (at the first: this batch's mean)
+    b     ← decay·b + (1 − decay)·mean_batch(G_0)                   after the advantages; decay =
+                                                                      baseline_decay (0: the last batch's)
+
+The baseline leaves the batch it scores out: a baseline that holds the sample's own return is
+correlated with it and biases the gradient (the first iteration, which has no history, excepted).
     loss  = −E[ A_t · log πθ(a_t|s_t) ] − ent_coef·H[πθ]            one pass, minibatches, masked
                                                                       means over generated tokens
 
@@ -24,6 +27,7 @@ import torch
 
 from lmgym.algos.critic_free import CriticFreeTrainer
 from lmgym.algos.rollout import Rollout
+from lmgym.errors import NotFoundError
 
 
 def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -49,7 +53,7 @@ class ReinforceTrainer(CriticFreeTrainer):
     def restore_state(self, state: dict[str, Any]) -> None:
         super().restore_state(state)
         if "reinforce_baseline" not in state:
-            raise KeyError("the checkpoint has no 'reinforce_baseline': it was not written by a REINFORCE run")
+            raise NotFoundError("the checkpoint has no 'reinforce_baseline': it was not written by a REINFORCE run")
         self.baseline = state["reinforce_baseline"]
 
     def advantages(self, rollout: Rollout, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +63,9 @@ class ReinforceTrainer(CriticFreeTrainer):
         if getattr(self, "dist", None) is not None:
             # Several processes: the global batch's mean (the ranks' batches are the same size), so all agree on b.
             batch_mean = self.dist.mean_float(batch_mean)
+        baseline = batch_mean if self.baseline is None else self.baseline  # the earlier iterations' only
         self.baseline = update_baseline(self.baseline, batch_mean, self.algo_config.baseline_decay)
-        return (returns - self.baseline) * mask, returns
+        return (returns - baseline) * mask, returns
 
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         stats = super().update(rollout, advantages, returns)

@@ -41,6 +41,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertM
 from lmgym.config import ConfigError, RewardModelConfig, TrainConfig, dump_config
 from lmgym.data.preferences import Comparison, LexiconRule, hidden_rule_comparisons, load_comparisons, write_jsonl
 from lmgym.distributed import Distributed
+from lmgym.errors import InputError, MissingFileError, RunExistsError
+from lmgym.guards import TrainingError
 from lmgym.models.encoder import BUNDLED_ENCODER, bundled_encoder_path
 from lmgym.models.loading import ModelLoadError, check_safetensors, resolve_model_path
 from lmgym.rewards.base import Reward
@@ -173,9 +175,7 @@ def load_reward_model(path: str | Path) -> tuple[RewardModel, dict[str, Any]]:
     """A reward model written by `lmgym rm train`, and its metadata."""
     path = Path(path).expanduser()
     if not (path / META_FILE).exists():
-        raise FileNotFoundError(
-            f"{path} is not a reward model folder (no {META_FILE}); train one with `lmgym rm train`"
-        )
+        raise MissingFileError(f"{path} is not a reward model folder (no {META_FILE}); train one with `lmgym rm train`")
     meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
     trunk_dir = path / TRUNK_DIR
     check_safetensors(trunk_dir)
@@ -262,7 +262,7 @@ class RewardModelFit:
         loss = torch.stack(losses).mean()
         if self.dist.any(not bool(torch.isfinite(loss))):  # every process stops, not only the one that saw it
             where = f"on comparisons {[c.id for c in batch][:5]}" if not torch.isfinite(loss) else "in another process"
-            raise FloatingPointError(f"reward model loss is {float(loss)} {where}")
+            raise TrainingError(f"reward model loss is {float(loss)} {where}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.dist.average_gradients(p for p in self.model.parameters() if p.requires_grad)
@@ -365,7 +365,7 @@ def train_reward_model(
     root = Path(config.run_dir) / name
     exists = root.exists() and any(root.iterdir())
     if exists and not overwrite:
-        raise FileExistsError(f"run folder {root} exists; pass --overwrite to replace it, or --set name=...")
+        raise RunExistsError(f"run folder {root} exists; pass --overwrite to replace it, or --set name=...")
     dist.barrier()  # every process has looked before the main one clears or writes it
     if exists and dist.is_main:
         shutil.rmtree(root)
@@ -383,7 +383,7 @@ def train_reward_model(
         source = f"hidden rule ({cfg.rule}, {cfg.responses})"
     else:
         if not Path(cfg.data).expanduser().exists():
-            raise FileNotFoundError(f"rm.data: {cfg.data!r} is neither 'hidden-rule' nor an existing JSONL file")
+            raise MissingFileError(f"rm.data: {cfg.data!r} is neither 'hidden-rule' nor an existing JSONL file")
         comparisons = load_comparisons(cfg.data)
         source = cfg.data
     if cfg.loss == "best_of_k" and any(c.ranked and len(c.responses) > 2 for c in comparisons):
@@ -392,7 +392,7 @@ def train_reward_model(
     random.Random(config.seed).shuffle(shuffled)
     n_eval = max(1, round(len(shuffled) * cfg.eval_fraction))
     if len(shuffled) - n_eval < 1:
-        raise ValueError(f"{source}: {len(shuffled)} comparisons are too few to hold {n_eval} out for evaluation")
+        raise InputError(f"{source}: {len(shuffled)} comparisons are too few to hold {n_eval} out for evaluation")
     eval_set, train_set = shuffled[:n_eval], shuffled[n_eval:]
     if dist.is_main:
         root.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
 from lmgym.data.sample import Sample
+from lmgym.errors import InputError, LmgymError, UserCodeError
 from lmgym.guards import describe_sample
 from lmgym.models.policy import Policy, ReferenceModel, TokenBatch
 from lmgym.rewards.base import Reward, RewardError, check_scores
@@ -53,7 +54,7 @@ def check_generation_backend(backend: str, device: torch.device) -> None:
     if device.type != "cuda":
         missing.append(f"a CUDA GPU (this process runs on {device})")
     if missing:
-        raise ValueError(f"generation.backend=vllm needs {' and '.join(missing)}; or set generation.backend=hf")
+        raise InputError(f"generation.backend=vllm needs {' and '.join(missing)}; or set generation.backend=hf")
     # vLLM is present on a GPU, but this version of lmgym has no verified vLLM rollout path yet: say so
     # instead of silently falling back to HF generate.
     raise NotImplementedError(
@@ -87,7 +88,13 @@ def compute_task_rewards(
         {**sample.meta, "gen_token_ids": ids, "gen_tokens": [next(pieces) for _ in ids]}
         for sample, ids in zip(samples, rows, strict=True)
     ]
-    raw = reward([s.prompt for s in samples], generations, [list(s.references) for s in samples], meta)
+    name = getattr(reward, "name", type(reward).__name__)
+    try:
+        raw = reward([s.prompt for s in samples], generations, [list(s.references) for s in samples], meta)
+    except LmgymError:
+        raise
+    except Exception as err:  # the reward's own bug (or a library it calls): name it and the user's line
+        raise UserCodeError(f"reward {name!r}", err) from err
     try:
         scores = check_scores(reward, raw, lengths)
     except RewardError as err:

@@ -25,6 +25,7 @@ from lmgym.data.preferences import (
     load_demonstrations,
     write_jsonl,
 )
+from lmgym.errors import MissingFileError
 from lmgym.models.policy import Policy, TokenBatch
 
 
@@ -41,7 +42,7 @@ def load_demos(data: str, samples, tokenizer, field: str = "sft.data") -> list[T
         demos: list[Demonstration] = demonstrations_from_references(samples, source=f"{field}=references")
     else:
         if not Path(data).expanduser().exists():
-            raise FileNotFoundError(f"{field}: {data!r} is neither 'references' nor an existing JSONL file")
+            raise MissingFileError(f"{field}: {data!r} is neither 'references' nor an existing JSONL file")
         demos = load_demonstrations(data)
     ids = completion_ids(tokenizer, [d.completion for d in demos])
     return [TokenizedDemo(d.id, d.prompt, row) for d, row in zip(demos, ids, strict=True)]

@@ -43,6 +43,7 @@ from torch.nn.utils import parameters_to_vector
 from lmgym.algos.onpolicy import OnPolicyTrainer
 from lmgym.algos.ppo import value_loss
 from lmgym.algos.rollout import Rollout
+from lmgym.errors import InputError
 from lmgym.models.policy import TokenBatch, forward_generated
 
 
@@ -113,7 +114,7 @@ class TRPOTrainer(OnPolicyTrainer):
     def make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.algo_config
         if self.policy.value_head is None:
-            raise ValueError("TRPO needs a critic: set model.value_head to 'shared' or 'separate'")
+            raise InputError("TRPO needs a critic: set model.value_head to 'shared' or 'separate'")
         groups = [{"params": list(self.policy.value_head.parameters()), "lr": cfg.value_head_lr or cfg.lr}]
         if self.policy.critic is not None:
             groups.append({"params": [p for p in self.policy.critic.parameters() if p.requires_grad], "lr": cfg.lr})
@@ -277,16 +278,20 @@ class TRPOTrainer(OnPolicyTrainer):
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         features = self.critic_features(rollout)
         total, steps = 0.0, 0
-        for _ in range(cfg.value_epochs):
-            for idx in torch.randperm(len(rollout.samples)).split(cfg.minibatch_size // self.dist.world_size):
+        for epoch in range(1, cfg.value_epochs + 1):
+            for idx in self.minibatches(len(rollout.samples), cfg.minibatch_size, epoch):
+                # Weighted by this process's share of the global minibatch's tokens (it may hold none of it).
+                (weight,) = self.dist.loss_weights([float(rollout.mask[idx].sum())])
+                if len(idx) == 0:
+                    idx, weight = torch.zeros(1, dtype=torch.long), 0.0
                 values = self.value_predictions(rollout.batch.index(idx), None if features is None else features[idx])
                 loss = value_loss(values, rollout.values[idx], returns[idx], rollout.mask[idx].float(), clip=None)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * weight).backward()
                 self.dist.average_gradients(params)
                 if cfg.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
-                total += float(loss.detach())
+                total += weight * float(loss.detach())
                 steps += 1
         return self.dist.mean_float(total / steps)

@@ -37,6 +37,7 @@ from typing import Any
 from rich.console import Console
 
 from lmgym.config import TrainConfig, load_config
+from lmgym.errors import InputError, MissingFileError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def parse_list(value: str | None, allowed: tuple[str, ...], default: tuple[str, 
     items = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [v for v in items if v not in allowed]
     if unknown:
-        raise ValueError(f"--{what}: unknown {what} {unknown}; choose from {', '.join(allowed)}")
+        raise InputError(f"--{what}: unknown {what} {unknown}; choose from {', '.join(allowed)}")
     return items
 
 
@@ -120,11 +121,11 @@ class GrueBench:
         console: Console | None = None,
     ) -> None:
         if profile not in PROFILES:
-            raise ValueError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+            raise InputError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
         if quick and profile != "offline":
-            raise ValueError("--quick runs the offline profile; drop --profile hub")
+            raise InputError("--quick runs the offline profile; drop --profile hub")
         if budget is not None and budget <= 0:
-            raise ValueError(f"--budget must be a positive number of seconds, got {budget}")
+            raise InputError(f"--budget must be a positive number of seconds, got {budget}")
         self.out = Path(out)
         self.tasks, self.algos = tasks, sorted(algos, key=ALGOS.index)
         self.profile, self.budget, self.quick = profile, budget, quick
@@ -142,7 +143,7 @@ class GrueBench:
     def config(self, cell: Cell) -> TrainConfig:
         path = self.config_path(cell)
         if not path.exists():
-            raise FileNotFoundError(f"no config for {cell.task} × {cell.algo}: {path} does not exist")
+            raise MissingFileError(f"no config for {cell.task} × {cell.algo}: {path} does not exist")
         overrides = [*(QUICK_OVERRIDES if self.quick else ()), *self.overrides]
         overrides += [f"run_dir={self.runs_dir}", f"name={cell.name}"]
         if self.budget is not None:
@@ -187,7 +188,7 @@ class GrueBench:
         if done.exists():
             kept = json.loads(done.read_text(encoding="utf-8"))
             if kept.get("config_hash") != self.config_hash(cell):
-                raise ValueError(
+                raise InputError(
                     f"{self.out} holds a finished {cell.task} × {cell.algo} cell run with other settings (config, "
                     f"--quick, --budget or --set); use another --out, or delete {done} and "
                     f"{self.runs_dir / cell.name} to redo it"
@@ -222,7 +223,7 @@ class GrueBench:
             if cell.warm_start:
                 sft = Cell(cell.task, "sft")
                 if self.run_cell(sft) is None:
-                    raise RuntimeError(f"the warm start {sft.name} failed; see {self.failure_path(sft)}")
+                    raise StateError(f"the warm start {sft.name} failed; see {self.failure_path(sft)}")
                 config.model.name = str(self.runs_dir / sft.name / "final")
             from lmgym.api import train
 
@@ -321,12 +322,13 @@ def evaluate_cell(
     distinct-n, length and the task's metric set; the reasons metrics are missing; one record per sample."""
     from lmgym.data.task import load_task
     from lmgym.evaluation import evaluate
-    from lmgym.models.loading import load_model
+    from lmgym.models.loading import load_model, set_truncation_side
     from lmgym.models.policy import Policy, ReferenceModel, make_generation_config
 
     task = load_task(config.task, **config.task_args)
     base = load_model(base_model, config.model.dtype, config.model.trust_remote_code)
     final = base if model == base_model else load_model(model, config.model.dtype, config.model.trust_remote_code)
+    set_truncation_side(final.tokenizer, config.model.truncation_side, task.truncation_side)
     policy = Policy(final.model, final.tokenizer, final.is_seq2seq, value_head="none")
     reference = ReferenceModel(base.model, base.is_seq2seq)
     max_new = config.generation.max_new_tokens or int(task.generation.get("max_new_tokens", 32))

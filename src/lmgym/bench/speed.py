@@ -27,6 +27,7 @@ from rich.table import Table
 from lmgym.algos.ppo import PPOTrainer
 from lmgym.algos.rollout import Rollout
 from lmgym.config import PPOConfig, load_config
+from lmgym.errors import InputError
 
 PHASES = ("generate", "score", "reward", "update")
 RESULT_KEYS = (
@@ -144,10 +145,9 @@ class _TimedPPOTrainer(PPOTrainer):
         self._rows = 0
         self._epochs = 0
 
-    def minibatches(self, n: int) -> list[torch.Tensor]:
-        # Called once per epoch; an early stop (target_kl) only happens between epochs,
-        # so every minibatch returned here is trained on.
-        batches = super().minibatches(n)
+    def minibatches(self, n: int, size: int, epoch: int) -> list[torch.Tensor]:
+        # Called once per epoch; the benchmark sets no target_kl, so every minibatch returned here is trained on.
+        batches = super().minibatches(n, size, epoch)
         self._rows += sum(len(idx) for idx in batches)
         self._epochs += 1
         return batches
@@ -212,7 +212,7 @@ def run_speed_benchmark(
     ``generated_tokens_per_s`` is generated tokens per second of that whole iteration.
     """
     if batch < 1 or new_tokens < 1 or repeats < 1:
-        raise ValueError(f"batch, new_tokens and repeats must be >= 1, got {batch}, {new_tokens}, {repeats}")
+        raise InputError(f"batch, new_tokens and repeats must be >= 1, got {batch}, {new_tokens}, {repeats}")
     console = console or Console()
     defaults = PPOConfig()
     epochs = epochs or defaults.epochs

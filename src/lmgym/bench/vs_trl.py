@@ -297,8 +297,8 @@ def _instrumented(trainer_cls: type) -> type:
             self.score_forwards.append(dict(self._counter.counts))
             return out
 
-        def minibatches(self, n: int) -> list[torch.Tensor]:
-            batches = super().minibatches(n)
+        def minibatches(self, n: int, size: int, epoch: int) -> list[torch.Tensor]:
+            batches = super().minibatches(n, size, epoch)
             self._rows += sum(len(idx) for idx in batches)
             return batches
 

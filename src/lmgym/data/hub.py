@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from lmgym.errors import InputError, LmgymError, MissingFileError
+
 log = logging.getLogger(__name__)
 
 Source = Literal["offline", "hub", "auto"]
@@ -37,11 +39,11 @@ FILE_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "p
 REACHABILITY_TIMEOUT_S = 3.0
 
 
-class DataFormatError(ValueError):
+class DataFormatError(LmgymError, ValueError):
     """A local or hub dataset lacks a split, a column or a field a task needs; the message names them."""
 
 
-class HubUnavailable(RuntimeError):
+class HubUnavailable(LmgymError, RuntimeError):
     """The hub dataset could not be loaded (no network and no cached copy)."""
 
 
@@ -84,7 +86,7 @@ class Loaded:
 
 def check_source(source: str) -> None:
     if source not in SOURCES:
-        raise ValueError(f"task_args.source must be one of {', '.join(SOURCES)}, got {source!r}")
+        raise InputError(f"task_args.source must be one of {', '.join(SOURCES)}, got {source!r}")
 
 
 @lru_cache(maxsize=8)
@@ -155,7 +157,7 @@ def load_local(spec: HubSpec, path: str | Path | Mapping[str, str | Path], task:
         root = Path(path).expanduser()
         where = str(root)
         if not root.exists():
-            raise FileNotFoundError(f"task {task!r}: local dataset {root} does not exist")
+            raise MissingFileError(f"task {task!r}: local dataset {root} does not exist")
         if root.is_file():
             raise DataFormatError(
                 f"task {task!r}: {root} is a single file; give a folder with one file per split "
@@ -200,7 +202,7 @@ def _read_split(file: Path) -> Rows:
     import datasets
 
     if not file.exists():
-        raise FileNotFoundError(f"local dataset file {file} does not exist")
+        raise MissingFileError(f"local dataset file {file} does not exist")
     if file.is_dir():
         loaded = datasets.load_from_disk(str(file))
         if isinstance(loaded, datasets.DatasetDict):
@@ -245,7 +247,7 @@ def load_rows(
     check_source(source)
     if source == "offline":
         if path is not None:
-            raise ValueError(f"task {task!r}: source=offline ignores path={path!r}; use source=hub or auto")
+            raise InputError(f"task {task!r}: source=offline ignores path={path!r}; use source=hub or auto")
         return _offline(offline, spec)
     if path is not None:
         return load_local(spec, path, task)

@@ -37,7 +37,8 @@ import torch
 
 from lmgym.data.sample import Sample
 from lmgym.data.tasks.files import DatasetError, read_rows
-from lmgym.rewards.base import Reward, RewardError, check_scores
+from lmgym.errors import InputError
+from lmgym.rewards.base import Reward, RewardError, check_scores, frozen
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,9 @@ def _row_id(source: str, n: int, row: dict[str, Any]) -> str:
     return str(row["id"]) if "id" in row else f"{Path(source).stem}-{n}"
 
 
+LABEL_JUDGMENTS = ("pick", "tie", "skip", "undo")  # the `judgment` markers of `lmgym label` rows
+
+
 def comparison_from_row(source: str, n: int, row: dict[str, Any]) -> Comparison:
     """One row of a comparison file (see the module docstring for the three shapes)."""
     prompt = _text(source, n, row, "prompt", allow_empty=True)
@@ -147,8 +151,25 @@ def comparison_from_row(source: str, n: int, row: dict[str, Any]) -> Comparison:
 
 
 def load_comparisons(path: str | Path) -> list[Comparison]:
+    """The comparisons of a file. Rows that `lmgym label` writes carry a ``judgment``: "pick" rows are pairs like
+    any other; "tie" and "skip" rows state no preference and are left out; an "undo" row withdraws the earlier
+    row whose id it names in ``undoes`` (an annotator's undo is appended, never rewritten into the file)."""
     source, rows = _rows(path)
-    return [comparison_from_row(source, n, row) for n, row in enumerate(rows, start=1)]
+    kept: list[tuple[str, Comparison | None]] = []  # (row id, comparison; None for a tie or skip an undo may name)
+    for n, row in enumerate(rows, start=1):
+        judgment = row.get("judgment")
+        if judgment is not None and judgment not in LABEL_JUDGMENTS:
+            raise DatasetError(f"{source} row {n}: 'judgment' must be one of {LABEL_JUDGMENTS}, got {judgment!r:.60}")
+        if judgment == "undo":
+            undone = row.get("undoes")
+            where = next((i for i in reversed(range(len(kept))) if kept[i][0] == undone), None)
+            if where is None:
+                raise DatasetError(f"{source} row {n}: 'undoes' must name the id of an earlier row, got {undone!r:.60}")
+            del kept[where]
+            continue
+        comparison = None if judgment in ("tie", "skip") else comparison_from_row(source, n, row)
+        kept.append((_row_id(source, n, row), comparison))
+    return [c for _, c in kept if c is not None]
 
 
 def load_scored_texts(path: str | Path) -> list[ScoredText]:
@@ -354,7 +375,7 @@ def hidden_rule_comparisons(
     ordered by the hidden ``rule`` (any reward; ``tokenizer`` gives token-level rewards their tokens).
     Sets where the rule ties all responses are skipped."""
     if k < 2:
-        raise ValueError(f"a comparison needs k >= 2 responses, got {k}")
+        raise InputError(f"a comparison needs k >= 2 responses, got {k}")
     rng = random.Random(seed)
     drafts = [
         (f"{s.id}/{j}", s, random_responses(rng, k, vocabulary, min_words, max_words))
@@ -400,7 +421,7 @@ def log_generations(
     tok = policy.tokenizer
     expanded = [s for s in samples for _ in range(per_prompt)]
     out: list[ScoredText] = []
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), frozen(reward):  # the reward's own scale; running statistics stay
         torch.manual_seed(seed)
         for start in range(0, len(expanded), batch_size):
             chunk = expanded[start : start + batch_size]
@@ -431,7 +452,7 @@ def comparisons_from_scored(
 
     ``mode``: 'ranking' keeps the whole order; 'pair' keeps only best versus worst (DPO's usual data)."""
     if mode not in ("ranking", "pair"):
-        raise ValueError(f"mode must be 'ranking' or 'pair', got {mode!r}")
+        raise InputError(f"mode must be 'ranking' or 'pair', got {mode!r}")
     key = key or (lambda s: s.total_reward)
     groups: dict[str, list[ScoredText]] = {}
     for s in scored:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmgym.data.sample import Sample
+from lmgym.errors import InputError, LmgymError, NotFoundError, UserCodeError
 
 SPLITS = ("train", "val", "test")
 
@@ -24,15 +25,17 @@ class Task:
     description: str = ""
     metrics: tuple[str, ...] = ("reward", "perplexity", "distinct")
     generation: dict[str, Any] = field(default_factory=dict)
+    # Which end of an over-long prompt to cut ('left'/'right'); None: the model kind's default.
+    truncation_side: str | None = None
 
     def __post_init__(self) -> None:
         for split in SPLITS:
             if not self.splits.get(split):
-                raise ValueError(f"task {self.name!r}: split {split!r} is empty")
+                raise InputError(f"task {self.name!r}: split {split!r} is empty")
 
     def split(self, name: str) -> list[Sample]:
         if name not in self.splits:
-            raise KeyError(f"task {self.name!r} has no split {name!r}; it has {sorted(self.splits)}")
+            raise NotFoundError(f"task {self.name!r} has no split {name!r}; it has {sorted(self.splits)}")
         return self.splits[name]
 
 
@@ -75,11 +78,16 @@ def available_tasks() -> dict[str, str]:
 def load_task(name: str, **options: Any) -> Task:
     _ensure_builtin_tasks()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown task {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        raise NotFoundError(f"unknown task {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     factory = _REGISTRY[name]
     try:
         inspect.signature(factory).bind(**options)
     except TypeError as err:
         accepted = ", ".join(inspect.signature(factory).parameters) or "none"
-        raise ValueError(f"task_args for task {name!r}: {err} (it accepts: {accepted})") from None
-    return factory(**options)
+        raise InputError(f"task_args for task {name!r}: {err} (it accepts: {accepted})") from None
+    try:
+        return factory(**options)
+    except LmgymError:
+        raise
+    except Exception as err:  # a user's task factory, or a library it calls
+        raise UserCodeError(f"task {name!r}", err) from err

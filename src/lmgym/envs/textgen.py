@@ -22,6 +22,8 @@ from gymnasium import spaces
 
 from lmgym.algos.rollout import compute_task_rewards, tokenize_prompts
 from lmgym.data.task import Task, load_task
+from lmgym.errors import InputError, StateError
+from lmgym.models.loading import set_truncation_side
 from lmgym.models.policy import generation_mask
 from lmgym.rewards.base import Reward, as_reward
 
@@ -41,6 +43,7 @@ class TextGenEnv(gym.Env):
     ) -> None:
         self.task = load_task(task) if isinstance(task, str) else task
         self.tokenizer = tokenizer
+        set_truncation_side(tokenizer, "auto", self.task.truncation_side)  # as the trainer cuts prompts
         self.reward = as_reward(reward) if reward is not None else self.task.reward
         self.samples = self.task.split(split)
         self.max_prompt_tokens = max_prompt_tokens
@@ -104,9 +107,9 @@ class TextGenEnv(gym.Env):
 
     def step(self, action: int):
         if self._done:
-            raise RuntimeError("step() called on a finished episode; call reset() first")
+            raise StateError("step() called on a finished episode; call reset() first")
         if not self.action_space.contains(action):
-            raise ValueError(f"action {action!r} is not a token id in [0, {self.action_space.n})")
+            raise InputError(f"action {action!r} is not a token id in [0, {self.action_space.n})")
         self._generated.append(int(action))
         terminated = int(action) in self._eos_ids
         truncated = not terminated and len(self._generated) >= self.max_new_tokens

@@ -20,10 +20,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lmgym.errors import InputError, LmgymError, NotFoundError
 from lmgym.rewards.base import Reward
 
 
-class MissingRequirement(RuntimeError):
+class MissingRequirement(LmgymError, RuntimeError):
     """A metric cannot run here; the message says exactly what to install or supply."""
 
 
@@ -82,7 +83,7 @@ def register_metric(
 
     def wrap(factory: Callable[..., Metric]) -> Callable[..., Metric]:
         if name in _METRICS:
-            raise ValueError(f"metric {name!r} is registered twice")
+            raise InputError(f"metric {name!r} is registered twice")
         doc = description or next(iter((factory.__doc__ or "").strip().splitlines()), "")
         _METRICS[name] = MetricInfo(name, factory, doc, requires, per_sample)
         return factory
@@ -107,7 +108,7 @@ def load_metric(name: str, **options: Any) -> Metric:
 
         near = get_close_matches(name, infos, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise KeyError(f"unknown metric {name!r}{hint} (`lmgym metrics` lists them)")
+        raise NotFoundError(f"unknown metric {name!r}{hint} (`lmgym metrics` lists them)")
     return infos[name].factory(**options)
 
 
@@ -123,9 +124,9 @@ class MetricReward(Reward):
         result = self.metric(prompts, generations, references, meta)
         key = self.key or (self.metric.name if self.metric.name in result else next(iter(result)))
         if key not in result:
-            raise KeyError(f"metric {self.metric.name!r} reports {sorted(result)}, not {key!r}")
+            raise NotFoundError(f"metric {self.metric.name!r} reports {sorted(result)}, not {key!r}")
         if result[key].per_sample is None:
-            raise ValueError(f"metric {key!r} is corpus-level only; it has no per-sample value to use as a reward")
+            raise InputError(f"metric {key!r} is corpus-level only; it has no per-sample value to use as a reward")
         return list(result[key].per_sample)
 
 

@@ -21,6 +21,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
+from lmgym.errors import InputError
 from lmgym.metrics.base import Metric, MetricResult, MetricValue, register_metric
 from lmgym.metrics.text import ngrams
 
@@ -79,7 +80,7 @@ class Diversity(Metric):
 
     def __init__(self, window: int = 100) -> None:
         if window < 1:
-            raise ValueError(f"diversity: window must be >= 1, got {window}")
+            raise InputError(f"diversity: window must be >= 1, got {window}")
         self.window = window
 
     def compute(self, prompts, generations, references, meta) -> MetricResult:

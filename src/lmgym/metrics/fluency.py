@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lmgym.errors import InputError
 from lmgym.metrics.base import Metric, MetricResult, MetricValue, register_metric
 
 
@@ -102,9 +103,9 @@ class Perplexity(Metric):
         max_length: int = 512,
     ) -> None:
         if target not in ("generations", "references"):
-            raise ValueError(f"perplexity: target must be 'generations' or 'references', got {target!r}")
+            raise InputError(f"perplexity: target must be 'generations' or 'references', got {target!r}")
         if not isinstance(model, str) and tokenizer is None:
-            raise ValueError("perplexity: a model object needs its tokenizer= as well")
+            raise InputError("perplexity: a model object needs its tokenizer= as well")
         self.model_spec, self.tokenizer = model, tokenizer
         self.target, self.condition_on_prompt = target, condition_on_prompt
         self.batch_size, self.max_length = batch_size, max_length
@@ -125,7 +126,7 @@ class Perplexity(Metric):
         for i, prompt in enumerate(prompts):
             targets = [generations[i]] if self.target == "generations" else list(references[i])
             if self.target == "references" and not targets:
-                raise ValueError(f"perplexity of references: sample {i} has no reference")
+                raise InputError(f"perplexity of references: sample {i} has no reference")
             for text in targets:
                 contexts.append(prompt if self.condition_on_prompt else "")
                 texts.append(text)

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from lmgym.errors import InputError, StateError
 from lmgym.metrics.base import Metric, MetricResult, MetricValue, register_metric
 from lmgym.metrics.ngram import missing_packages
 from lmgym.metrics.text import mean, require_references
@@ -64,7 +65,7 @@ class BERTScore(Metric):
         if rescale_with_baseline is None:
             rescale_with_baseline = self.baseline_path is not None
         if rescale_with_baseline and self.baseline_path is None:
-            raise ValueError(
+            raise InputError(
                 "bertscore: rescale_with_baseline for a non-bundled model needs baseline_path= (a CSV with "
                 "columns LAYER,P,R,F; scripts/bertscore_baseline.py computes one)"
             )
@@ -152,7 +153,7 @@ class Mauve(Metric):
 
         require_references(self.name, generations, references)
         if len(generations) < 2:
-            raise ValueError("mauve: needs at least 2 samples (it clusters the features of both sets)")
+            raise InputError("mauve: needs at least 2 samples (it clusters the features of both sets)")
         encoder = load_encoder(self.model, pooling=self.pooling, normalize=False)  # type: ignore[arg-type]
         p = encoder.embed(list(generations)).numpy()
         q = encoder.embed([refs[0] for refs in references]).numpy()
@@ -224,7 +225,7 @@ class BLEURT(Metric):
                 model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
                 tokenizer = AutoTokenizer.from_pretrained(folder)
             if model.config.num_labels != 1:
-                raise ValueError(f"BLEURT checkpoint {folder} has {model.config.num_labels} outputs; BLEURT has one")
+                raise InputError(f"BLEURT checkpoint {folder} has {model.config.num_labels} outputs; BLEURT has one")
             self._model = (model.eval(), tokenizer)
         return self._model
 
@@ -331,7 +332,7 @@ class Spice(Metric):
             cmd += [str(src), "-cache", str(cache), "-out", str(dst), "-subset", "-silent"]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
-                raise RuntimeError(f"SPICE failed ({done.returncode}): {done.stderr[-2000:]}")
+                raise StateError(f"SPICE failed ({done.returncode}): {done.stderr[-2000:]}")
             results = json.loads(dst.read_text())
         by_id = {r["image_id"]: float(r["scores"]["All"]["f"]) for r in results}
         per_sample = [by_id[i] for i in range(len(generations))]

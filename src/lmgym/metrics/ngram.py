@@ -10,8 +10,10 @@ corpus-level statistic where the metric defines one (BLEU, chrF, TER), else the 
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 
+from lmgym.errors import InputError
 from lmgym.metrics.base import Metric, MetricResult, MetricValue, register_metric
 from lmgym.metrics.text import mean, require_references, sentences, words
 
@@ -115,7 +117,7 @@ class BLEU(Metric):
         elif hasattr(SmoothingFunction, self.smoothing):
             smooth = getattr(SmoothingFunction(), self.smoothing)
         else:
-            raise ValueError(f"bleu: smoothing must be 'none' or 'method1'..'method7', got {self.smoothing!r}")
+            raise InputError(f"bleu: smoothing must be 'none' or 'method1'..'method7', got {self.smoothing!r}")
         hyps = [words(g) for g in generations]
         refs = [[words(r) for r in rs] for rs in references]
         per_sample = [
@@ -149,7 +151,7 @@ class Rouge(Metric):
 
     def __init__(self, use_stemmer: bool = True, measure: str = "fmeasure") -> None:
         if measure not in ("precision", "recall", "fmeasure"):
-            raise ValueError(f"rouge: measure must be precision, recall or fmeasure, got {measure!r}")
+            raise InputError(f"rouge: measure must be precision, recall or fmeasure, got {measure!r}")
         self.use_stemmer, self.measure = use_stemmer, measure
 
     def missing(self) -> str | None:
@@ -233,28 +235,62 @@ class Meteor(Metric):
         return {self.name: MetricValue(per_sample, mean(per_sample))}
 
 
+# COCO caption evaluation (pycocoevalcap.tokenizer.ptbtokenizer) drops these tokens after Stanford's PTB
+# tokenizer, which it runs with -lowerCase. It compares the lower-cased tokens with this list as written, so the
+# bracket tokens survive as "-lrb-" etc.; so do they here.
+COCO_PUNCTUATION = frozenset(
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
+)
+# Tokens whose final period PTB keeps: letter-period runs (u.s., e.g., a.m.) and common title abbreviations.
+_KEEPS_PERIOD = re.compile(r"(?:[^\W\d_]\.){2,}|(?:mr|mrs|ms|dr|prof|st|jr|sr|vs|etc)\.")
+
+
+def coco_tokens(text: str) -> list[str]:
+    """Tokens as COCO's caption evaluation scores them, without its Java step: Penn Treebank tokens (NLTK's
+    Treebank tokenizer: clitics split as in "do n't", "it 's"; hyphenated words, numbers and abbreviations
+    kept whole; brackets as -lrb-/-rrb-), lower-cased, with COCO's punctuation list removed."""
+    from nltk.tokenize.treebank import TreebankWordTokenizer
+
+    tokens: list[str] = []
+    for token in TreebankWordTokenizer().tokenize(text, convert_parentheses=True):
+        token = token.lower()
+        # NLTK splits off only the text's final period; PTB splits every sentence's.
+        if len(token) > 1 and token.endswith(".") and token.rstrip(".") and not _KEEPS_PERIOD.fullmatch(token):
+            token = token.rstrip(".")
+        if token not in COCO_PUNCTUATION:
+            tokens.append(token)
+    return tokens
+
+
 @register_metric(
     "cider", "CIDEr-D (pycocoevalcap): TF-IDF n-gram cosine, clipped, length-penalised, ×10", "pycocoevalcap"
 )
 class CiderD(Metric):
-    """Vedantam et al.'s CIDEr-D. IDF comes from the references of the samples scored together, so a
-    sample's value depends on the batch (and a batch of one scores 0: every n-gram has IDF 0)."""
+    """Vedantam et al.'s CIDEr-D, as pycocoevalcap computes it (its ×10 scale included: a generation equal to
+    all its references can score 10). IDF comes from the references of the samples scored together, so a
+    sample's value depends on the batch (and a batch of one scores 0: every n-gram has IDF 0). Text is
+    tokenized as COCO's evaluation does (`coco_tokens`): punctuation dropped, clitics split."""
 
     name = "cider"
     requires = "pycocoevalcap"
 
     def __init__(self, n: int = 4, sigma: float = 6.0) -> None:
+        if n < 2:  # pycocoevalcap measures the length penalty's lengths in bigrams
+            raise InputError(f"cider: n must be at least 2, got {n}")
         self.n, self.sigma = n, sigma
 
     def missing(self) -> str | None:
-        return missing_packages(("pycocoevalcap", "pycocoevalcap"))
+        return missing_packages(("pycocoevalcap", "pycocoevalcap"), ("nltk", "nltk"))
 
     def compute(self, prompts, generations, references, meta) -> MetricResult:
-        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.cider.cider_scorer import CiderScorer, precook
 
         require_references(self.name, generations, references)
-        # PTB-style tokens joined by spaces, as the COCO tokenizer would give, without its Java step.
-        res = {i: [" ".join(words(g))] for i, g in enumerate(generations)}
-        gts = {i: [" ".join(words(r)) for r in refs] for i, refs in enumerate(references)}
-        corpus, per_sample = Cider(n=self.n, sigma=self.sigma).compute_score(gts, res)
+        # The scorer's own n-gram counting (via its `Cider` class) always stops at 4-grams whatever its n, which
+        # fails for n < 4 and scores (n+1)-grams and above as 0 for n > 4; count up to n here instead.
+        scorer = CiderScorer(n=self.n, sigma=self.sigma)
+        for gen, refs in zip(generations, references, strict=True):
+            scorer.ctest.append(precook(" ".join(coco_tokens(gen)), self.n))
+            scorer.crefs.append([precook(" ".join(coco_tokens(r)), self.n) for r in refs])
+        corpus, per_sample = scorer.compute_score()
         return {self.name: MetricValue([float(x) for x in per_sample], float(corpus))}

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lmgym.errors import InputError, NotFoundError
 from lmgym.metrics.base import Metric, MetricResult, MetricValue, register_metric
 from lmgym.metrics.text import check_lengths, mean, sentences
 
@@ -89,12 +90,12 @@ class NLIModel:
 def _label_index(labels: dict[int, str], given: int | str | None, stem: str, field: str, path: str) -> int:
     if isinstance(given, int):
         if given not in labels:
-            raise ValueError(f"summac: {field}={given} but the NLI model {path} has labels {sorted(labels)}")
+            raise InputError(f"summac: {field}={given} but the NLI model {path} has labels {sorted(labels)}")
         return given
     wanted = given.lower() if isinstance(given, str) else stem
     found = [i for i, name in labels.items() if name.startswith(wanted) or (given is None and stem in name)]
     if len(found) != 1:
-        raise ValueError(
+        raise InputError(
             f"summac: cannot tell which label of {path} is {stem}ment/{stem}ion from id2label {labels}; "
             f"pass {field}= (an index or a label name)"
         )
@@ -123,7 +124,7 @@ class SummaC(Metric):
         batch_size: int = 32,
     ) -> None:
         if source != "prompt" and not source.startswith("meta:"):
-            raise ValueError(f"summac: source must be 'prompt' or 'meta:<key>', got {source!r}")
+            raise InputError(f"summac: source must be 'prompt' or 'meta:<key>', got {source!r}")
         self.nli_spec = nli_model or os.environ.get("LMGYM_NLI_MODEL")
         self.source = source
         self.label_args = (entailment_label, contradiction_label)
@@ -150,7 +151,7 @@ class SummaC(Metric):
             return prompt
         key = self.source.split(":", 1)[1]
         if key not in meta:
-            raise KeyError(f"summac: sample {index} has no meta[{key!r}] (source={self.source!r})")
+            raise NotFoundError(f"summac: sample {index} has no meta[{key!r}] (source={self.source!r})")
         return str(meta[key])
 
     def compute(self, prompts, generations, references, meta) -> MetricResult:

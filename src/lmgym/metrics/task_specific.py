@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from lmgym.errors import InputError, NotFoundError
 from lmgym.metrics.base import Metric, MetricResult, MetricValue, register_metric
 from lmgym.metrics.text import check_lengths, mean, ngrams, require_references, words
 
@@ -94,11 +95,11 @@ def parent_scores(
 def _table(meta: dict[str, Any], index: int) -> list[tuple[list[str], list[str]]]:
     table = meta.get("table")
     if table is None:
-        raise KeyError(f"parent: sample {index} has no meta['table'] (a list of (attribute, value) pairs)")
+        raise NotFoundError(f"parent: sample {index} has no meta['table'] (a list of (attribute, value) pairs)")
     try:
         return [(words(str(attr)), words(str(value))) for attr, value in table]
     except (TypeError, ValueError):
-        raise ValueError(
+        raise InputError(
             f"parent: sample {index}: meta['table'] must be a list of (attribute, value) pairs, got {table!r:.100}"
         ) from None
 
@@ -164,12 +165,12 @@ class IntentAccuracy(Metric):
         check_lengths(self.name, generations, prompts, meta)
         for i, m in enumerate(meta):
             if "intent" not in m:
-                raise KeyError(f"intent_accuracy: sample {i} has no meta['intent'] (the gold intent)")
+                raise NotFoundError(f"intent_accuracy: sample {i} has no meta['intent'] (the gold intent)")
         need = [i for i, m in enumerate(meta) if "predicted_intent" not in m]
         predicted: dict[int, str] = {i: str(m["predicted_intent"]) for i, m in enumerate(meta) if i not in need}
         if need:
             if self.classifier is None:
-                raise ValueError(
+                raise InputError(
                     f"intent_accuracy: sample {need[0]} has no meta['predicted_intent'] and no classifier= was given"
                 )
             labels = self.predict([prompts[i] for i in need], [generations[i] for i in need])
@@ -195,7 +196,7 @@ def _stem(word: str) -> str:
 def _concepts(meta: dict[str, Any], index: int, metric: str) -> list[str]:
     concepts = meta.get("concepts")
     if not concepts or isinstance(concepts, str):
-        raise KeyError(f"{metric}: sample {index} needs meta['concepts'], a non-empty list of words")
+        raise NotFoundError(f"{metric}: sample {index} needs meta['concepts'], a non-empty list of words")
     return [str(c).lower() for c in concepts]
 
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from lmgym.errors import InputError, WrongTypeError
+
 _WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]", re.UNICODE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def check_lengths(metric: str, generations: Sequence[str], references: Sequence[Sequence[str]], meta=None) -> None:
     if isinstance(generations, str):
-        raise TypeError(f"metric {metric!r}: generations must be a list of strings, not one string")
+        raise WrongTypeError(f"metric {metric!r}: generations must be a list of strings, not one string")
     if len(references) != len(generations):
-        raise ValueError(f"metric {metric!r}: {len(generations)} generations but {len(references)} reference lists")
+        raise InputError(f"metric {metric!r}: {len(generations)} generations but {len(references)} reference lists")
     if meta is not None and len(meta) != len(generations):
-        raise ValueError(f"metric {metric!r}: {len(generations)} generations but {len(meta)} meta entries")
+        raise InputError(f"metric {metric!r}: {len(generations)} generations but {len(meta)} meta entries")
 
 
 def require_references(metric: str, generations: Sequence[str], references: Sequence[Sequence[str]]) -> None:
@@ -23,9 +25,9 @@ def require_references(metric: str, generations: Sequence[str], references: Sequ
     check_lengths(metric, generations, references)
     for i, refs in enumerate(references):
         if isinstance(refs, str):
-            raise TypeError(f"metric {metric!r}: sample {i}: references must be a list of strings, got one string")
+            raise WrongTypeError(f"metric {metric!r}: sample {i}: references must be a list of strings, got one string")
         if len(refs) == 0:
-            raise ValueError(f"metric {metric!r}: sample {i} has no reference; this metric compares with references")
+            raise InputError(f"metric {metric!r}: sample {i} has no reference; this metric compares with references")
 
 
 def words(text: str, lower: bool = True) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from lmgym.errors import InputError, WrongTypeError
 from lmgym.models.loading import ModelLoadError, check_safetensors, resolve_model_path
 
 BUNDLED_ENCODER = "all-minilm-l6-v2"
@@ -69,7 +70,7 @@ class TextEncoder:
         device: str | None = None,
     ) -> None:
         if pooling not in ("mean", "last", "cls"):
-            raise ValueError(f"pooling must be 'mean', 'last' or 'cls', got {pooling!r}")
+            raise InputError(f"pooling must be 'mean', 'last' or 'cls', got {pooling!r}")
         self.source = resolve_encoder_path(name)
         self.pooling = pooling
         self.normalize = normalize
@@ -92,7 +93,7 @@ class TextEncoder:
     @torch.no_grad()
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         if isinstance(texts, str):
-            raise TypeError("embed() takes a list of texts, not one string")
+            raise WrongTypeError("embed() takes a list of texts, not one string")
         rows: list[torch.Tensor] = []
         for start in range(0, len(texts), batch_size):
             batch = [str(t) for t in texts[start : start + batch_size]]
@@ -132,7 +133,7 @@ def embed(texts: Sequence[str], batch_size: int = 64, model: str | None = None) 
 def cosine(a: Sequence[str], b: Sequence[str], batch_size: int = 64, model: str | None = None) -> list[float]:
     """Cosine similarity of each ``a[i]`` with ``b[i]`` under the encoder."""
     if len(a) != len(b):
-        raise ValueError(f"cosine() needs lists of equal length, got {len(a)} and {len(b)}")
+        raise InputError(f"cosine() needs lists of equal length, got {len(a)} and {len(b)}")
     if not a:
         return []
     ea, eb = embed(a, batch_size, model), embed(b, batch_size, model)

@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lmgym.errors import LmgymError
 from lmgym.models.tiny import tiny_model
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ BUILTIN_ALIASES = ("tiny", "tiny-seq2seq", SMOLLM2_ALIAS)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(LmgymError, RuntimeError):
     """A model could not be found or loaded; the message says what to do."""
 
 
@@ -199,7 +200,17 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, is_seq2seq: bool) -> N
         if tokenizer.eos_token is None:
             raise ModelLoadError("the tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
-    # Causal models continue the prompt, so prompts are left-padded and, when too
-    # long, lose their beginning rather than the text the model continues.
+    # Causal models continue the prompt, so prompts are left-padded and, when too long, lose their beginning
+    # rather than the text the model continues. An encoder reads the whole prompt, and T5-style prompts start
+    # with their instruction ("summarize: <article>", "question: ... context: ..."): they lose their end.
     tokenizer.padding_side = "right" if is_seq2seq else "left"
-    tokenizer.truncation_side = "left"
+    tokenizer.truncation_side = "right" if is_seq2seq else "left"
+
+
+def set_truncation_side(tokenizer: PreTrainedTokenizerBase, configured: str, task_side: str | None) -> None:
+    """Which end of an over-long prompt is cut: ``model.truncation_side`` when it is not 'auto', else the
+    task's own choice (tasks whose prompts start with an instruction keep it), else the model kind's default
+    (`prepare_tokenizer`)."""
+    side = configured if configured != "auto" else task_side
+    if side is not None:
+        tokenizer.truncation_side = side

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from lmgym.config import PeftSettings
+from lmgym.errors import InputError
 
 
 def add_lora(model: PreTrainedModel, settings: PeftSettings, is_seq2seq: bool, base_name: str) -> nn.Module:
@@ -36,7 +37,7 @@ def add_lora(model: PreTrainedModel, settings: PeftSettings, is_seq2seq: bool, b
         peft_model = get_peft_model(model, config)
     except ValueError as err:
         names = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise ValueError(f"peft.target_modules={settings.target_modules!r}: {err} (linear layers: {names})") from None
+        raise InputError(f"peft.target_modules={settings.target_modules!r}: {err} (linear layers: {names})") from None
     # The name lmgym loads the base by ('tiny', the bundled alias, a folder or hub id), kept in adapter_config.json.
     peft_model.peft_config["default"].base_model_name_or_path = base_name
     return peft_model

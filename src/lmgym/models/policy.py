@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
+from lmgym.errors import InputError
 from lmgym.models.lora import adapters_disabled, is_peft_model
 from lmgym.models.prefill import prefill_distinct_prompts
 from lmgym.models.trunk import (
@@ -164,7 +165,7 @@ class Policy(nn.Module):
         # identical weights and add noise to the PPO ratio.
         model.eval()
         if value_head not in ("shared", "separate", "none"):
-            raise ValueError(f"value_head must be 'shared', 'separate' or 'none', got {value_head!r}")
+            raise InputError(f"value_head must be 'shared', 'separate' or 'none', got {value_head!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.is_seq2seq = is_seq2seq
@@ -265,7 +266,7 @@ class Policy(nn.Module):
                 attention_mask=prompt_mask,
                 generation_config=generation,
                 logits_processor=logits_processor,
-                **({"past_key_values": prefilled[0]} if prefilled is not None else {}),
+                **({"cache": prefilled[0]} if prefilled is not None else {}),
                 **self._sync_kwargs(),
             )
         gen_ids = out.sequences[:, 1:] if self.is_seq2seq else out.sequences[:, prompt_ids.shape[1] :]
@@ -326,7 +327,7 @@ def freeze(model: PreTrainedModel, embeddings: bool, trainable_layers: int | Non
     if trainable_layers is not None:
         stacks = transformer_blocks(model)
         if not stacks:
-            raise ValueError(f"model.trainable_layers: found no transformer blocks in {type(model).__name__}")
+            raise InputError(f"model.trainable_layers: found no transformer blocks in {type(model).__name__}")
         for stack in stacks:
             for block in list(stack)[: max(len(stack) - trainable_layers, 0)]:
                 block.requires_grad_(False)

@@ -43,6 +43,6 @@ def prefill_distinct_prompts(
     position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
     cache = DynamicCache(config=model.config)
     decoder = model.get_decoder()  # the blocks without the LM head: no logits are needed here
-    decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
+    decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True)
     cache.batch_select_indices(inverse)
     return cache, inverse

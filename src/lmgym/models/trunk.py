@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lmgym.errors import InputError
+
 
 @dataclass(frozen=True)
 class TrunkStates:
@@ -100,7 +102,7 @@ def start_at_block(model: nn.Module, trunk: TrunkStates) -> Iterator[None]:
     def feed(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         current = args[0] if args else kwargs["hidden_states"]
         if current.shape != trunk.states.shape:
-            raise ValueError(f"trunk states {tuple(trunk.states.shape)} do not fit the input {tuple(current.shape)}")
+            raise InputError(f"trunk states {tuple(trunk.states.shape)} do not fit the input {tuple(current.shape)}")
         states = trunk.states.to(current.dtype)
         if args:
             return (states, *args[1:]), kwargs

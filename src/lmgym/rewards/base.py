@@ -11,13 +11,16 @@ strings), so token-level rewards can see the exact actions taken.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+from lmgym.errors import InputError, LmgymError, WrongTypeError
 
 Scores = list[float] | list[list[float]]
 
 
-class RewardError(ValueError):
+class RewardError(LmgymError, ValueError):
     """A reward returned something other than finite floats of the right shape.
 
     ``index`` is the offending sample's position in the batch, when one sample is at fault."""
@@ -28,10 +31,25 @@ class RewardError(ValueError):
 
 
 class Reward:
-    """Base class. Subclasses set ``name`` and ``per_token`` and implement ``score``."""
+    """Base class. Subclasses set ``name`` and ``per_token`` and implement ``score``.
+
+    A reward that wraps others lists them in `children`; one with running state (e.g. normalisation
+    statistics) returns it from `state_dict`, so that checkpoints keep it and a resumed run is exact. While
+    ``frozen`` is set (held-out evaluation, logged data) a training-only transform steps aside: scores are
+    on the reward's own scale, comparable before and after training, and no running state moves."""
 
     name: str = "reward"
     per_token: bool = False
+    frozen: bool = False
+
+    def children(self) -> list[Reward]:
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
     def score(
         self,
@@ -58,12 +76,49 @@ class FunctionReward(Reward):
         return self.fn(prompts, generations, references, meta)
 
 
+def walk(reward: Reward | Callable[..., Scores], path: str = "reward") -> Iterator[tuple[str, Reward]]:
+    """Every reward in the tree under ``reward`` with its path ('reward', 'reward.0', 'reward.0.1', ...);
+    a plain function is a stateless leaf."""
+    reward = as_reward(reward)
+    yield path, reward
+    for i, child in enumerate(reward.children()):
+        yield from walk(child, f"{path}.{i}")
+
+
+def reward_state(reward: Reward) -> dict[str, Any]:
+    """The running state of every stateful reward in the tree, by path (JSON-able; {} for stateless trees)."""
+    return {path: state for path, node in walk(reward) if (state := node.state_dict())}
+
+
+def load_reward_state(reward: Reward, state: dict[str, Any]) -> None:
+    nodes = {path: node for path, node in walk(reward) if node.state_dict()}  # the stateful ones
+    unknown = sorted(set(state) - set(nodes))
+    if unknown:
+        raise InputError(f"the checkpoint holds reward state for {unknown}, which this run's reward does not have")
+    for path, node_state in state.items():
+        nodes[path].load_state_dict(node_state)
+
+
+@contextmanager
+def frozen(reward: Reward) -> Iterator[None]:
+    """Score on the reward's own scale without changing any running state (evaluation, logged data)."""
+    nodes = [node for _, node in walk(reward)]
+    previous = [node.frozen for node in nodes]
+    for node in nodes:
+        node.frozen = True
+    try:
+        yield
+    finally:
+        for node, was in zip(nodes, previous, strict=True):
+            node.frozen = was
+
+
 def as_reward(obj: Reward | Callable[..., Scores]) -> Reward:
     if isinstance(obj, Reward):
         return obj
     if callable(obj):
         return FunctionReward(obj, per_token=bool(getattr(obj, "per_token", False)))
-    raise TypeError(f"a reward must be callable, got {type(obj).__name__}")
+    raise WrongTypeError(f"a reward must be callable, got {type(obj).__name__}")
 
 
 def check_scores(reward: Reward, scores: Any, gen_lengths: Sequence[int]) -> list[list[float]] | list[float]:

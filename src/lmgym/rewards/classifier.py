@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from lmgym.errors import InputError
 from lmgym.rewards.base import Reward
 
 
@@ -25,7 +26,7 @@ class SequenceClassifier:
         from lmgym.models.loading import ModelLoadError, check_safetensors, resolve_model_path
 
         if not classifier:
-            raise ValueError("classifier: give a local folder or hub id of a sequence classifier")
+            raise InputError("classifier: give a local folder or hub id of a sequence classifier")
         source = resolve_model_path(classifier)
         if Path(source).is_dir():
             check_safetensors(Path(source))
@@ -50,11 +51,11 @@ class SequenceClassifier:
     def label_index(self, label: str | int) -> int:
         if isinstance(label, int) and not isinstance(label, bool):
             if label not in self.labels:
-                raise ValueError(f"label {label} is not one of classifier {self.name!r}'s labels {self.labels}")
+                raise InputError(f"label {label} is not one of classifier {self.name!r}'s labels {self.labels}")
             return label
         matches = [i for i, n in self.labels.items() if n.lower() == str(label).lower()]
         if not matches:
-            raise ValueError(f"label {label!r} is not one of classifier {self.name!r}'s labels {self.labels}")
+            raise InputError(f"label {label!r} is not one of classifier {self.name!r}'s labels {self.labels}")
         return matches[0]
 
     @torch.no_grad()

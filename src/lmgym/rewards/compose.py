@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from lmgym.errors import InputError
 from lmgym.rewards.base import Reward, Scores, as_reward
 
 
@@ -21,7 +22,7 @@ def _gen_lengths(meta: Sequence[dict[str, Any]], who: str) -> list[int]:
     lengths = []
     for i, m in enumerate(meta):
         if not m or "gen_token_ids" not in m:
-            raise ValueError(f"{who}: sample {i} lacks meta['gen_token_ids'], which per-token rewards need")
+            raise InputError(f"{who}: sample {i} lacks meta['gen_token_ids'], which per-token rewards need")
         lengths.append(len(m["gen_token_ids"]))
     return lengths
 
@@ -47,6 +48,9 @@ class LazyReward(Reward):
             self._reward = as_reward(self._build())
         return self._reward
 
+    def children(self) -> list[Reward]:
+        return [self._reward] if self._reward is not None else []
+
     def score(self, prompts, generations, references, meta):
         return self.reward(prompts, generations, references, meta)
 
@@ -60,6 +64,9 @@ class Affine(Reward):
         base = getattr(self.inner, "name", "reward")
         self.name = base if (self.scale, self.offset) == (1.0, 0.0) else f"affine({base})"
 
+    def children(self) -> list[Reward]:
+        return [self.inner]
+
     def score(self, prompts, generations, references, meta) -> Scores:
         scores = self.inner(prompts, generations, references, meta)
         if self.per_token:
@@ -72,10 +79,13 @@ class WeightedSum(Reward):
 
     def __init__(self, parts: Sequence[tuple[float, Reward]], name: str = "weighted_sum") -> None:
         if not parts:
-            raise ValueError("WeightedSum needs at least one part")
+            raise InputError("WeightedSum needs at least one part")
         self.parts = [(float(w), as_reward(r)) for w, r in parts]
         self.name = name
         self.per_token = any(r.per_token for _, r in self.parts)
+
+    def children(self) -> list[Reward]:
+        return [r for _, r in self.parts]
 
     def score(self, prompts, generations, references, meta) -> Scores:
         n = len(generations)
@@ -101,12 +111,15 @@ class Product(Reward):
 
     def __init__(self, parts: Sequence[tuple[float, Reward]], name: str = "product") -> None:
         if not parts:
-            raise ValueError("Product needs at least one part")
+            raise InputError("Product needs at least one part")
         self.parts = [(float(w), as_reward(r)) for w, r in parts]
         per_token = [getattr(r, "name", "?") for _, r in self.parts if r.per_token]
         if per_token:
-            raise ValueError(f"Product takes sequence-level rewards only; {per_token[0]!r} is per-token")
+            raise InputError(f"Product takes sequence-level rewards only; {per_token[0]!r} is per-token")
         self.name = name
+
+    def children(self) -> list[Reward]:
+        return [r for _, r in self.parts]
 
     def score(self, prompts, generations, references, meta) -> list[float]:
         total = [1.0] * len(generations)
@@ -121,10 +134,13 @@ class Clip(Reward):
 
     def __init__(self, inner: Reward, low: float | None = None, high: float | None = None) -> None:
         if low is not None and high is not None and low > high:
-            raise ValueError(f"Clip: low ({low}) > high ({high})")
+            raise InputError(f"Clip: low ({low}) > high ({high})")
         self.inner, self.low, self.high = as_reward(inner), low, high
         self.per_token = self.inner.per_token
         self.name = getattr(self.inner, "name", "reward")
+
+    def children(self) -> list[Reward]:
+        return [self.inner]
 
     def _clip(self, x: Any) -> float:
         x = float(x)
@@ -156,11 +172,14 @@ class PerToken(Reward):
 
     def __init__(self, inner: Reward, mode: Literal["last", "uniform", "incremental"] = "uniform") -> None:
         if mode not in ("last", "uniform", "incremental"):
-            raise ValueError(f"PerToken: mode must be 'last', 'uniform' or 'incremental', got {mode!r}")
+            raise InputError(f"PerToken: mode must be 'last', 'uniform' or 'incremental', got {mode!r}")
         self.inner, self.mode = as_reward(inner), mode
         if self.inner.per_token:
-            raise ValueError(f"PerToken: {getattr(self.inner, 'name', 'reward')!r} is per-token already")
+            raise InputError(f"PerToken: {getattr(self.inner, 'name', 'reward')!r} is per-token already")
         self.name = getattr(self.inner, "name", "reward")
+
+    def children(self) -> list[Reward]:
+        return [self.inner]
 
     def score(self, prompts, generations, references, meta) -> list[list[float]]:
         lengths = _gen_lengths(meta, f"reward {self.name!r}")
@@ -176,7 +195,7 @@ class PerToken(Reward):
         owners, prefixes = [], []
         for i, m in enumerate(meta):
             if "gen_tokens" not in m:
-                raise ValueError(f"reward {self.name!r}: sample {i} lacks meta['gen_tokens'] (incremental shaping)")
+                raise InputError(f"reward {self.name!r}: sample {i} lacks meta['gen_tokens'] (incremental shaping)")
             pieces = list(m["gen_tokens"])
             for t in range(len(pieces) + 1):
                 owners.append(i)

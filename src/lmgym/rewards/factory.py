@@ -13,6 +13,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmgym.errors import InputError, LmgymError, UserCodeError
 from lmgym.rewards.base import Reward, as_reward
 from lmgym.rewards.compose import Affine, Clip, PerToken, Product, WeightedSum
 
@@ -58,11 +59,18 @@ def named_reward(
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
-            raise ValueError(f"{field}: cannot import module {module_name!r} ({err})") from None
+            raise InputError(f"{field}: cannot import module {module_name!r} ({err})") from None
         if not hasattr(module, attr):
-            raise ValueError(f"{field}: module {module_name!r} has no attribute {attr!r}")
+            raise InputError(f"{field}: module {module_name!r} has no attribute {attr!r}")
         target = getattr(module, attr)
-        return as_reward(target(**args) if args else target)
+        if not args:
+            return as_reward(target)
+        try:
+            return as_reward(target(**args))
+        except LmgymError:
+            raise
+        except Exception as err:
+            raise UserCodeError(f"{field}={name!r} (a reward factory called with {args})", err) from err
     if Path(name).expanduser().is_dir():
         return _reward_model(path=str(Path(name).expanduser()), **args)
     try:
@@ -72,9 +80,9 @@ def named_reward(
 
         return MetricReward(load_metric(name, **args), key)
     except TypeError as err:  # a wrong or missing option
-        raise ValueError(f"{field}={name!r}: bad args ({err})") from None
+        raise InputError(f"{field}={name!r}: bad args ({err})") from None
     except KeyError as err:
-        raise ValueError(f"{field}: {err.args[0] if err.args else err}") from None
+        raise InputError(f"{field}: {err.args[0] if err.args else err}") from None
 
 
 def build_reward(config: RewardConfig, default: Reward | None) -> Reward | None:

@@ -36,6 +36,7 @@ from typing import Literal
 
 import torch
 
+from lmgym.errors import InputError
 from lmgym.metrics.base import Metric, MetricResult, MetricValue, register_metric
 from lmgym.metrics.text import ngrams, words
 from lmgym.rewards.base import Reward
@@ -77,9 +78,9 @@ class QueryTypeHead:
     ) -> QueryTypeHead:
         bad = [label for label in labels if label not in ("open", "closed")]
         if bad:
-            raise ValueError(f"QueryTypeHead.fit: labels must be 'open' or 'closed', got {bad[0]!r}")
+            raise InputError(f"QueryTypeHead.fit: labels must be 'open' or 'closed', got {bad[0]!r}")
         if len(set(labels)) < 2:
-            raise ValueError("QueryTypeHead.fit needs examples of both 'open' and 'closed' queries")
+            raise InputError("QueryTypeHead.fit needs examples of both 'open' and 'closed' queries")
         x = self.encoder.embed(list(queries))
         y = torch.tensor([1.0 if label == "closed" else 0.0 for label in labels])
         optimizer = torch.optim.Adam(self.linear.parameters(), lr=lr)
@@ -141,12 +142,12 @@ class R3Reward(Reward):
         batch_size: int = 64,
     ) -> None:
         if target_words < 1:
-            raise ValueError(f"r3: target_words must be >= 1, got {target_words}")
+            raise InputError(f"r3: target_words must be >= 1, got {target_words}")
         knots = [tuple(map(float, k)) for k in closed_knots]
         if len(knots) < 2 or any(b[0] <= a[0] for a, b in itertools.pairwise(knots)):
-            raise ValueError(f"r3: closed_knots must be >= 2 (x, y) points with increasing x, got {closed_knots!r}")
+            raise InputError(f"r3: closed_knots must be >= 2 (x, y) points with increasing x, got {closed_knots!r}")
         if isinstance(query_type, str) and query_type not in ("rule", "open", "closed"):
-            raise ValueError(f"r3: query_type must be 'rule', 'open', 'closed' or a classifier, got {query_type!r}")
+            raise InputError(f"r3: query_type must be 'rule', 'open', 'closed' or a classifier, got {query_type!r}")
         from lmgym.models.encoder import load_encoder
 
         self.encoder = load_encoder(encoder)
@@ -163,7 +164,7 @@ class R3Reward(Reward):
         for i, (g, m) in enumerate(zip(guessed, meta or [{}] * len(prompts), strict=True)):
             label = (m or {}).get("query_type", g)
             if label not in ("open", "closed"):
-                raise ValueError(f"r3: sample {i}: meta['query_type'] must be 'open' or 'closed', got {label!r}")
+                raise InputError(f"r3: sample {i}: meta['query_type'] must be 'open' or 'closed', got {label!r}")
             out.append(label)
         return out
 

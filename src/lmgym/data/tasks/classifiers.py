@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmgym.errors import InputError
 from lmgym.models.loading import cache_dir
 from lmgym.rewards.base import Reward
 
@@ -59,10 +60,10 @@ class EmbeddingClassifier:
     def index(self, label: str | int) -> int:
         if isinstance(label, int) and not isinstance(label, bool):
             if not 0 <= label < len(self.labels):
-                raise ValueError(f"label index {label} is out of range for labels {self.labels}")
+                raise InputError(f"label index {label} is out of range for labels {self.labels}")
             return label
         if label not in self.labels:
-            raise ValueError(f"unknown label {label!r}; the classifier knows {list(self.labels)}")
+            raise InputError(f"unknown label {label!r}; the classifier knows {list(self.labels)}")
         return self.labels.index(label)
 
     def save(self, path: Path) -> None:
@@ -90,7 +91,7 @@ def fit_classifier(
 
     unknown = sorted(set(labels) - set(label_names))
     if unknown:
-        raise ValueError(f"training labels {unknown} are not among the classifier's labels {list(label_names)}")
+        raise InputError(f"training labels {unknown} are not among the classifier's labels {list(label_names)}")
     features = embed(list(texts), model=encoder)  # [n, dim]
     targets = torch.tensor([list(label_names).index(y) for y in labels])
     weight = torch.zeros(len(label_names), features.shape[1], requires_grad=True)
@@ -192,6 +193,6 @@ class ProbabilityReward(Reward):
                 continue
             target: Any = meta[i].get(self.meta_key)
             if target is None:
-                raise ValueError(f"{self.name}: sample {i} has no meta[{self.meta_key!r}] to compare against")
+                raise InputError(f"{self.name}: sample {i} has no meta[{self.meta_key!r}] to compare against")
             out.append(float(row[self.classifier.index(target)]))
         return out

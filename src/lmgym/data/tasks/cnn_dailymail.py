@@ -247,4 +247,5 @@ def cnn_dailymail_task(
         loaded.source,
         METRICS,
         MAX_NEW_TOKENS,
+        truncation_side="right",  # the instruction comes before the article: cut the end
     )

@@ -11,6 +11,7 @@ from typing import Any
 from lmgym.data.hub import DataFormatError, Rows
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task
+from lmgym.errors import InputError
 from lmgym.rewards.base import Reward
 from lmgym.rewards.compose import Affine, LazyReward, WeightedSum  # noqa: F401  (composition lives in rewards/)
 
@@ -28,7 +29,7 @@ def resolve_sizes(
     sizes = dict(zip(OUR_SPLITS, (n_train, n_val, n_test), strict=True))
     for split, size in sizes.items():
         if size is not None and size < 1:
-            raise ValueError(f"n_{split} must be >= 1, got {size}")
+            raise InputError(f"n_{split} must be >= 1, got {size}")
     if offline:
         return {s: (n if n is not None else d) for (s, n), d in zip(sizes.items(), offline_defaults, strict=True)}
     return sizes
@@ -102,9 +103,11 @@ def build_task(
     source: str,
     metrics: tuple[str, ...],
     max_new_tokens: int,
+    truncation_side: str | None = None,
 ) -> Task:
     """The task from its rows per split (converted with `to_samples`); ``source`` is the loaded data's
-    source, named after ``description``."""
+    source, named after ``description``. ``truncation_side``: 'right' for prompts that start with their
+    instruction (cut the end of the article, not the instruction), None for the model kind's default."""
     return Task(
         name=name,
         splits={split: to_samples(r, name, split, convert) for split, r in rows.items()},
@@ -112,6 +115,7 @@ def build_task(
         description=f"{description} Data: {describe_source(name, source)}.",
         metrics=metrics,
         generation={"max_new_tokens": max_new_tokens},
+        truncation_side=truncation_side,
     )
 
 
@@ -135,5 +139,5 @@ def metric_reward(metric: str, key: str | None = None, scale: float = 1.0, offse
 def choose(kind: str, value: str, options: dict[str, Callable[[], Reward]]) -> Reward:
     """The reward named ``value`` among a task's ``options``, with a clear error otherwise."""
     if value not in options:
-        raise ValueError(f"task_args.{kind} must be one of {', '.join(options)}, got {value!r}")
+        raise InputError(f"task_args.{kind} must be one of {', '.join(options)}, got {value!r}")
     return options[value]()

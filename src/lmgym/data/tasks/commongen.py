@@ -31,6 +31,7 @@ from lmgym.data.tasks.common import (
     resolve_sizes,
     take,
 )
+from lmgym.errors import InputError
 from lmgym.rewards.base import Reward
 
 HUB = HubSpec("allenai/common_gen", None, ("train", "validation"), ("concept_set_idx", "concepts", "target"))
@@ -175,7 +176,7 @@ def offline_rows(seed: int, n_train: int, n_validation: int) -> dict[str, list[d
         while made < n:
             attempts += 1
             if attempts > 100 * n + 1000:
-                raise ValueError(f"could only draw {made} distinct concept sets for {split}, asked for {n}")
+                raise InputError(f"could only draw {made} distinct concept sets for {split}, asked for {n}")
             concepts, refs = draw_concept_set(rng)
             key = frozenset(concepts)
             if key in seen:

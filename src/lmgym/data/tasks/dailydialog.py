@@ -32,6 +32,7 @@ from lmgym.data.tasks.common import (
     resolve_sizes,
     to_samples,
 )
+from lmgym.errors import InputError
 from lmgym.rewards.base import Reward
 
 HUB = HubSpec("li2017dailydialog/daily_dialog", None, ("train", "validation", "test"), ("dialog", "act"))
@@ -201,7 +202,7 @@ def _convert(row: dict[str, Any], origin: str, index: int) -> list[Sample]:
 def dailydialog_reward(intent_weight: float) -> Reward:
     """intent_weight · P(reference intent | generation) + (1 − intent_weight) · METEOR."""
     if not 0 <= intent_weight <= 1:
-        raise ValueError(f"task_args.intent_weight must be in [0, 1], got {intent_weight}")
+        raise InputError(f"task_args.intent_weight must be in [0, 1], got {intent_weight}")
 
     def build() -> Reward:
         from lmgym.data.tasks.classifiers import ProbabilityReward, intent_classifier

@@ -21,9 +21,10 @@ from typing import Any
 
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task, register_task
+from lmgym.errors import LmgymError
 
 
-class DatasetError(ValueError):
+class DatasetError(LmgymError, ValueError):
     """A dataset file is missing, unreadable or malformed; the message names the file and row."""
 
 

@@ -167,4 +167,5 @@ def narrativeqa_task(
         loaded.source,
         METRICS,
         MAX_NEW_TOKENS,
+        truncation_side="right",  # the question comes before the (long) context: cut the end
     )

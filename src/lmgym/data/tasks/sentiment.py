@@ -14,6 +14,7 @@ from typing import Any
 
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task, register_task
+from lmgym.errors import InputError
 from lmgym.rewards.sentiment import VaderSentiment
 
 MIN_WORDS, MAX_WORDS = 12, 40
@@ -187,7 +188,7 @@ def _draw(rng: random.Random) -> tuple[str, dict[str, Any]]:
 def _build(seed: int, n: int) -> list[tuple[str, dict[str, Any]]]:
     """`n` distinct openings (with metadata) in generation order, drawn with `random.Random(seed)`."""
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise InputError(f"n must be >= 0, got {n}")
     rng = random.Random(seed)
     seen: set[str] = set()
     out: list[tuple[str, dict[str, Any]]] = []
@@ -195,7 +196,7 @@ def _build(seed: int, n: int) -> list[tuple[str, dict[str, Any]]]:
     while len(out) < n:
         attempts += 1
         if attempts > max_attempts:
-            raise ValueError(f"could only build {len(out)} distinct prompts, asked for {n}")
+            raise InputError(f"could only build {len(out)} distinct prompts, asked for {n}")
         text, meta = _draw(rng)
         if text in seen or not MIN_WORDS <= len(text.split()) <= MAX_WORDS:
             continue
@@ -215,7 +216,7 @@ def sentiment_task(seed: int = 0, n_train: int = 600, n_val: int = 100, n_test: 
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     for split, size in sizes.items():
         if size < 1:
-            raise ValueError(f"n_{split} must be >= 1, got {size}")
+            raise InputError(f"n_{split} must be >= 1, got {size}")
     # One pool of distinct texts cut into consecutive slices, so the splits cannot share a prompt.
     pool = _build(seed, n_train + n_val + n_test)
     splits: dict[str, list[Sample]] = {}

@@ -6,6 +6,7 @@ import random
 
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task, register_task
+from lmgym.errors import InputError
 from lmgym.rewards.tokens import TokenMatch, TokenShare
 
 HORIZON = 12
@@ -33,7 +34,7 @@ _WORDS = (
 def toy_task(seed: int = 0, target: str = "the", per_token: bool = False, n_train: int = 256) -> Task:
     """``per_token=True`` pays 1/horizon at each matching token instead of the share at the end."""
     if n_train < 1:
-        raise ValueError("n_train must be >= 1")
+        raise InputError("n_train must be >= 1")
     rng = random.Random(seed)
     prompts = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 8))) for _ in range(n_train + 64)]
     samples = [Sample(id=f"toy-{i:05d}", prompt=p) for i, p in enumerate(prompts)]
