@@ -107,7 +107,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("wrong column", file_task("{wrong_column.jsonl}"), "no 'prompt' field"),
     ("not UTF-8", file_task("{latin1.jsonl}"), "is not UTF-8"),
     ("invalid JSON line", file_task("{broken.jsonl}"), "line 2 is not valid JSON"),
-    ("unsupported extension", file_task("{data.parquet}"), "unsupported extension"),
+    ("unsupported extension", file_task("{data.parquet}"), "is not a valid parquet file"),
     ("blank prompt", file_task("{blank_prompt.jsonl}"), "must be a non-empty string"),
     ("references not strings", file_task("{bad_refs.jsonl}"), "must be a string or a list of strings"),
     ("row not an object", file_task("{not_object.jsonl}"), "not an object"),

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
+from lmgym.data.rows import DatasetError, read_rows
 from lmgym.data.sample import Sample
-from lmgym.data.tasks.files import DatasetError, read_rows
 from lmgym.errors import InputError
 from lmgym.rewards.base import Reward, RewardError, check_scores, frozen
 

@@ -11,6 +11,6 @@ class Sample:
     """One prompt with its optional references and free-form metadata."""
 
     id: str
-    prompt: str
+    prompt: str | list[dict[str, str]]  # text, or chat messages ({role, content}) for a chat template
     references: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)

@@ -59,7 +59,7 @@ def _ensure_builtin_tasks() -> None:
         cnn_dailymail,
         commongen,
         dailydialog,
-        files,
+        dataset,
         imdb,
         iwslt2017,
         narrativeqa,
