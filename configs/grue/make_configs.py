@@ -12,7 +12,10 @@ settings are lmgym's (lr 1e-4 for T5, 1e-5 for GPT-2).
 
 ``offline``: the bundled SmolLM2-135M-Instruct on the offline generators, sized for a laptop CPU
 (top 8 blocks trained, rollouts of 16, 20 RL iterations, 30 supervised steps of 16 references cut
-to the task's horizon, 32 held-out prompts).
+to the task's horizon). Each cell is scored on 128 held-out prompts (``OFFLINE_EVAL_PROMPTS``), enough
+for the leaderboard's bootstrap intervals to separate differences of a few reward points; the
+generators are asked for as many test rows (``task_args.n_test``). NarrativeQA's offline generator
+writes a fixed 30 test stories of three questions, so that task is scored on its 90.
 
 ``sft+ppo``/``sft+nlpo`` files are PPO/NLPO configs; `lmgym bench grue` points their ``model.name``
 at the ``sft`` cell's final model. Edit the tables below and rerun rather than the YAML files.
@@ -42,6 +45,7 @@ HUB = {
 # NLPO mask settings of RL4LMs' NLPO configs where they differ from "top-p 0.9, refreshed every 5 iterations"
 # (the default here; the other tasks' NLPO files were not checked against RL4LMs).
 HUB_NLPO = {"imdb": {"min_tokens_to_keep": 100}, "commongen": {"mask_update_every": 20}}
+OFFLINE_EVAL_PROMPTS = 128  # held-out prompts scored per offline cell
 # task: (max_prompt_tokens, max_new_tokens) for the bundled model on the offline data
 OFFLINE = {
     "imdb": (96, 24),
@@ -79,7 +83,7 @@ def offline_config(task: str, algo: str) -> dict[str, Any]:
     prompt_tokens, new_tokens = OFFLINE[task]
     config: dict[str, Any] = {
         "task": task,
-        "task_args": {"source": "offline"},
+        "task_args": {"source": "offline", "n_test": OFFLINE_EVAL_PROMPTS},
         "model": {
             "name": "smollm2-135m-instruct",
             "max_prompt_tokens": prompt_tokens,
@@ -87,7 +91,7 @@ def offline_config(task: str, algo: str) -> dict[str, Any]:
             "trainable_layers": 8,  # the top 8 of 30 blocks: half the update cost on a CPU (see configs/demo.yaml)
         },
         "generation": {"max_new_tokens": new_tokens},
-        "eval": {"split": "test", "num_prompts": 32, "batch_size": 16},
+        "eval": {"split": "test", "num_prompts": OFFLINE_EVAL_PROMPTS, "batch_size": 16},
         "checkpoint": {"every": 5, "keep": 1},
     }
     config = _with_algo(config, algo, 1e-4, 16, 8, 2, 0.05, 4.0, 20, sft_lr=1e-4)

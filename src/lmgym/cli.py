@@ -147,7 +147,16 @@ def bench(
     out: Annotated[Path, typer.Option(help="grue: output folder (rerun to continue it)")] = Path("runs/grue"),
     set_: Annotated[list[str], typer.Option("--set", help="grue: override a key of every cell's config")] = [],  # noqa: B006
     report: Annotated[
-        bool, typer.Option(help="grue: only rewrite the leaderboard and plots from the finished cells in --out")
+        bool, typer.Option(help="grue: only rebuild the leaderboard and plots from the result files (no training)")
+    ] = False,
+    seeds: Annotated[int, typer.Option(help="grue: seeds per trained cell (0..N-1; zero-shot has one)")] = 1,
+    results: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="grue: folder of the per-cell result files (default: <out>/cells); commit it to keep them"),
+    ] = None,
+    equal_iterations: Annotated[
+        bool,
+        typer.Option(help="grue: also train NLPO for each PPO cell's iteration count, without the --budget cap"),
     ] = False,
 ) -> None:
     """Run a benchmark."""
@@ -157,7 +166,20 @@ def bench(
         from lmgym.bench.grue import run_grue
 
         try:
-            run_grue(out, tasks, algos, profile, budget, quick, set_, console=console, report=report)
+            run_grue(
+                out,
+                tasks,
+                algos,
+                profile,
+                budget,
+                quick,
+                set_,
+                console=console,
+                report=report,
+                seeds=seeds,
+                results=results,
+                equal_iterations=equal_iterations,
+            )
         except _user_errors() as err:
             _fail(err)
         return

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lmgym.bench.grue import ALGOS, EXTRA_TASKS, GRUE_TASKS, GrueBench, default_configs_dir, parse_list, run_grue
 from lmgym.bench.grue import rl_vs_supervised as verdict
+from lmgym.bench.grue_stats import CellData, PerPrompt
 from lmgym.config import load_config
 
 
@@ -31,16 +35,31 @@ def test_quick_bench_fills_every_cell_and_resumes(tmp_path):
         assert not (out / "runs" / f"{task}__sft+ppo" / "checkpoints").exists()
         # The RL cell started from the supervised cell's final model.
         assert row["sft+ppo"]["model"] == str(out / "runs" / f"{task}__sft" / "final")
-        # The verdict compares the two rewards in the table.
+        # The verdict is the paired bootstrap interval of the two rewards' difference, on the same prompts.
         v = on_disk["rl_vs_supervised"][task]
         assert v["best_rl"] == "sft+ppo"
         rl_reward, sft_reward = row["sft+ppo"]["scores"]["reward"], row["sft"]["scores"]["reward"]
-        assert v["verdict"] == ("yes" if rl_reward > sft_reward else "tie" if rl_reward == sft_reward else "no")
+        diff = v["difference"]
+        assert diff["estimate"] == pytest.approx(rl_reward - sft_reward)
+        low, high = diff["interval"]["low"], diff["interval"]["high"]
+        assert low <= diff["interval"]["estimate"] <= high
+        assert v["verdict"] == ("yes" if low > 0 else "no" if high < 0 else "within noise")
+        # Each cell keeps its per-prompt values (for the bootstrap) and reports intervals with their widths.
+        stored = json.loads((out / "cells" / f"{task}__sft+ppo.json").read_text(encoding="utf-8"))
+        assert len(stored["per_prompt"]["ids"]) == len(stored["per_prompt"]["reward"]) == 4
+        assert sum(stored["per_prompt"]["tokens"]) > 0 and len(stored["per_prompt"]["nll_sum"]) == 4
+        assert stored["seed"] == 0 and stored["format"] == 2 and stored["curve"]
+        for key in ("reward", "perplexity"):
+            interval = row["sft+ppo"]["intervals"][key]
+            assert interval["low"] <= row["sft+ppo"]["scores"][key] <= interval["high"]
+            assert interval["width"] == pytest.approx(interval["high"] - interval["low"])
+        assert "distinct-2" in row["sft+ppo"]["no_interval"]  # a corpus statistic
     assert 0 <= on_disk["tasks"]["dailydialog"]["sft"]["scores"]["intent_accuracy"] <= 1
     assert (out / "plots" / "imdb_reward_vs_perplexity.png").exists()
     assert (out / "plots" / "dailydialog_reward_curves.png").exists()  # the sft+ppo run logs rewards
     markdown = (out / "leaderboard.md").read_text(encoding="utf-8")
     assert "## imdb" in markdown and "## dailydialog" in markdown and "| sft+ppo |" in markdown
+    assert "| sft+ppo | reward |" in markdown and "CI width" in markdown and "GRUE's findings" in markdown
     # The matrix of rewards: one row per task, the best of each row in bold.
     matrix = markdown.split("Task reward (perplexity under the original model) of every cell:")[1]
     row = next(line for line in matrix.splitlines() if line.startswith("| imdb | "))
@@ -78,16 +97,23 @@ def test_failed_cell_is_reported_and_retried(tmp_path):
 
 
 def test_rl_vs_supervised_verdict():
-    def cell(reward):
-        return {"scores": {"reward": reward}}
+    def cell(algo, reward, spread=0.0):
+        # 64 prompts, the same for every cell; `spread` adds prompt-to-prompt noise around the mean reward.
+        values = reward + spread * np.sin(np.arange(64) * 1.7)
+        per_prompt = PerPrompt(tuple(f"p{i}" for i in range(64)), {"reward": values[None, :]})
+        return CellData(algo, {"reward": float(values.mean())}, per_prompt)
 
-    row = {"zero-shot": cell(0.9), "sft": cell(0.5), "ppo": cell(0.4), "sft+nlpo": cell(0.7), "nlpo": {"error": "x"}}
-    assert verdict(row) == {"verdict": "yes", "best_rl": "sft+nlpo", "best_rl_reward": 0.7, "sft_reward": 0.5}
-    row["sft"] = cell(0.8)
+    row = {"sft": cell("sft", 0.5, 0.1), "ppo": cell("ppo", 0.4, 0.1), "sft+nlpo": cell("sft+nlpo", 0.7, 0.1)}
+    v = verdict(row)
+    assert (v["verdict"], v["best_rl"]) == ("yes", "sft+nlpo")
+    assert v["best_rl_reward"] == pytest.approx(0.7, abs=0.01) and v["sft_reward"] == pytest.approx(0.5, abs=0.01)
+    row["sft"] = cell("sft", 0.8, 0.1)
     assert verdict(row)["verdict"] == "no"
-    row["sft"] = cell(0.7)
-    assert verdict(row)["verdict"] == "tie"
-    assert verdict({"sft": cell(0.5), "ppo": {"error": "boom"}})["verdict"] == "n/a"
+    row["sft"] = cell("sft", 0.7, 0.1)  # the same per-prompt rewards: no difference to see
+    assert verdict(row)["verdict"] == "within noise"
+    row["sft"] = CellData("sft", {"reward": 0.5})  # a result without per-prompt values
+    assert verdict(row)["verdict"] == "no interval"
+    assert verdict({"sft": cell("sft", 0.5)})["verdict"] == "n/a"
 
 
 def test_bad_lists_and_options_are_clear_errors(tmp_path):
@@ -119,3 +145,101 @@ def test_a_valid_config_for_every_task_and_algorithm(profile):
         assert (imdb.nlpo.mask_top_p, imdb.nlpo.mask_update_every) == (0.9, 5)
     else:
         assert imdb.model.name == "smollm2-135m-instruct" and imdb.task_args["source"] == "offline"
+
+
+def test_seeds_equal_iterations_and_report_from_result_files_alone(tmp_path):
+    out = tmp_path / "grue"
+    options = {"tasks": "imdb", "algos": "ppo,nlpo", "quick": True, "overrides": ["iterations=1"], "budget": 600}
+    board = run_grue(out, **options, seeds=2, equal_iterations=True)
+    cells = out / "cells"
+    expected = [f"imdb__{a}{s}.json" for a in ("ppo", "nlpo", "nlpo@ppo-iters") for s in ("", "__seed1")]
+    assert sorted(p.name for p in cells.glob("*.json")) == sorted(expected)
+    row = board["tasks"]["imdb"]
+    for algo in ("ppo", "nlpo", "nlpo@ppo-iters"):
+        entry = row[algo]
+        assert entry["seeds"] == [0, 1] and "error" not in entry
+        rewards = [entry["per_seed"][s]["scores"]["reward"] for s in ("0", "1")]
+        assert entry["scores"]["reward"] == pytest.approx(statistics.fmean(rewards))
+        assert entry["std"]["reward"] == pytest.approx(statistics.stdev(rewards))
+    # Seed s trains with the config's seed s; NLPO at equal iterations runs PPO's count without the time cap.
+    assert load_config(out / "runs" / "imdb__ppo__seed1" / "config.yaml").seed == 1
+    nlpo, ppo, equal = (
+        json.loads((cells / f"imdb__{a}__seed1.json").read_text()) for a in ("nlpo", "ppo", "nlpo@ppo-iters")
+    )
+    assert (nlpo["max_train_seconds"], equal["max_train_seconds"]) == (600, None)
+    assert equal["iterations"] == ppo["iterations"] == 1
+    assert board["findings"]["b_wallclock"]["tasks"]["imdb"]["verdict"] != "n/a"
+    assert board["findings"]["b_iterations"]["tasks"]["imdb"]["verdict"] != "n/a"
+    markdown = (out / "leaderboard.md").read_text(encoding="utf-8")
+    matrix = markdown.split("Task reward (perplexity under the original model) of every cell:")[1]
+    matrix_row = next(line for line in matrix.splitlines() if line.startswith("| imdb | "))
+    assert matrix_row.count(" ± ") == 3  # mean ± std over the two seeds of each cell
+    assert (out / "plots" / "imdb_reward_curves.png").exists()
+
+    # --report rebuilds the same leaderboard from the result files alone: no runs, samples or old leaderboard.
+    for folder in ("runs", "samples", "plots"):
+        shutil.rmtree(out / folder)
+    (out / "leaderboard.json").unlink()
+    (out / "leaderboard.md").unlink()
+    again = run_grue(out, report=True)
+    assert again == board
+    assert (out / "leaderboard.md").read_text(encoding="utf-8") == markdown
+    assert (out / "plots" / "imdb_reward_curves.png").exists()  # the curves are in the result files
+
+
+def test_report_on_old_format_results_names_the_cells_without_per_prompt_data(tmp_path):
+    # The first runner's leaderboard.json: point scores only (no cells/ folder, no per-prompt values).
+    def old_cell(algo, reward):
+        scores = {"reward": reward, "perplexity": 40.0, "distinct-1": 0.6}
+        return {
+            "task": "imdb",
+            "algo": algo,
+            "iterations": 6,
+            "train_seconds": 120.0,
+            "num_prompts": 32,
+            "scores": scores,
+        }
+
+    old = {
+        "profile": "offline",
+        "quick": False,
+        "budget_seconds": 120,
+        "overrides": [],
+        "tasks": {"imdb": {"zero-shot": old_cell("zero-shot", 0.498), "sft": old_cell("sft", 0.495)}},
+        "rl_vs_supervised": {"imdb": {"verdict": "n/a"}},
+        "plots": {},
+    }
+    old["tasks"]["imdb"]["ppo"] = old_cell("ppo", 0.515)
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "leaderboard.json").write_text(json.dumps(old), encoding="utf-8")
+    board = run_grue(out, report=True)
+    assert board["cells_without_per_prompt_data"] == ["imdb × zero-shot", "imdb × sft", "imdb × ppo"]
+    assert board["tasks"]["imdb"]["ppo"]["scores"]["reward"] == 0.515  # the point values are kept
+    assert board["tasks"]["imdb"]["ppo"]["intervals"] == {}
+    assert board["rl_vs_supervised"]["imdb"]["verdict"] == "no interval"
+    assert board["findings"]["d"]["tasks"]["imdb"]["verdict"] == "inconclusive"
+    markdown = (out / "leaderboard.md").read_text(encoding="utf-8")
+    assert "Cells without per-prompt data" in markdown and "imdb × ppo" in markdown
+    # The new leaderboard.json keeps the old cells, so that the next --report finds them again.
+    assert run_grue(out, report=True)["tasks"] == board["tasks"]
+
+    # A run refuses a result file of the first runner rather than mixing it with new cells.
+    (out / "cells").mkdir()
+    (out / "cells" / "imdb__zero-shot.json").write_text(json.dumps(old_cell("zero-shot", 0.5)), encoding="utf-8")
+    with pytest.raises(ValueError, match="written by an older lmgym"):
+        run_grue(out, tasks="imdb", algos="zero-shot", quick=True)
+
+
+def test_offline_profile_scores_enough_prompts():
+    from lmgym.data.task import load_task
+
+    short = {}
+    for task in GRUE_TASKS + EXTRA_TASKS:
+        config = load_config(default_configs_dir() / "offline" / task / "ppo.yaml")
+        assert config.eval.num_prompts >= 128
+        held_out = len(load_task(task, **config.task_args).split(config.eval.split))
+        if held_out < config.eval.num_prompts:
+            short[task] = held_out
+    # NarrativeQA's offline generator writes 30 test stories of three questions; its task module sets that.
+    assert short == {"narrativeqa": 90}
