@@ -23,10 +23,11 @@ from rich.console import Console
 
 from lmgym.algos import get_trainer
 from lmgym.config import load_config
-from lmgym.data.preferences import comparisons_from_scored, log_generations, write_jsonl
-from lmgym.data.task import load_task
+from lmgym.data.preferences import comparisons_from_scored, write_jsonl
+from lmgym.data.registry import load_task
 from lmgym.models.loading import load_model
 from lmgym.models.policy import Policy, make_generation_config
+from lmgym.rollout.logged import log_generations
 
 DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 

@@ -7,7 +7,7 @@ Runs TRL's GRPO, lmgym's GRPO and lmgym's PPO, each in its own subprocess (their
 do not mix), prints each side's command line, a table per side and the ratios, and ends with one
 JSON line with the keys grpo_step_ratio, ppo_step_ratio, time_to_reward_ratio,
 update_peak_fraction and memory_ratio. Needs TRL: pip install -e '.[bench]'. How every number is
-made: src/lmgym/bench/vs_trl.py.
+made: benchmarks/trl_sides.py.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-
-from lmgym.bench.vs_trl import (
+from trl_sides import (
     RESULT_KEYS,
     SIDES,
     compare,

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from lmgym.api import train
-from lmgym.guards import TrainingError
+from lmgym.errors import TrainingError
 from lmgym.rewards.tokens import TokenShare
 
 SETTINGS = """task: toy

@@ -9,11 +9,14 @@ from rich.console import Console
 
 from lmgym.algos import TrainResult, get_trainer
 from lmgym.config import TrainConfig, load_config
-from lmgym.errors import InputError, MissingFileError
-from lmgym.evaluation import evaluate
-from lmgym.models.loading import load_model, set_truncation_side
-from lmgym.models.policy import Policy, ReferenceModel, make_generation_config
+from lmgym.data.registry import load_task
+from lmgym.errors import InputError
+from lmgym.models.loading import load_model
+from lmgym.models.policy import ReferenceModel
 from lmgym.rewards.factory import build_reward
+from lmgym.rollout.evaluation import evaluate
+from lmgym.rollout.sampling import generation_config, load_policy
+from lmgym.tracking import RunDir
 
 
 def train(
@@ -26,8 +29,9 @@ def train(
 ) -> TrainResult:
     """Train from a config (object or YAML path) with ``--set``-style overrides.
 
-    ``kwargs`` go to the trainer: ``task=``, ``reward=`` (any reward callable),
-    ``loaded=`` (a `LoadedModel`).
+    ``kwargs`` go to the trainer: ``task=``, ``reward=`` (any reward callable), ``loaded=`` (a `LoadedModel`),
+    ``callbacks=[...]`` (objects with any of ``on_iteration_end(iteration, metrics, trainer)``,
+    ``on_evaluate(iteration, metrics)``, ``on_save(path)``; see `lmgym.algos.trainer.Callback`).
     """
     if not isinstance(config, TrainConfig):
         config = load_config(config, overrides)
@@ -39,34 +43,20 @@ def train(
 
 def evaluate_run(run: str | Path, split: str | None = None, num_prompts: int | None = None) -> dict[str, float]:
     """Re-evaluate a finished run's final policy against the initial model."""
-    from lmgym.data.task import load_task
-
-    run = Path(run)
-    if not (run / "config.yaml").exists():
-        raise MissingFileError(f"{run} is not a run folder (no config.yaml)")
-    # A LoRA run with peft.merge_on_save=false leaves only final/adapter/, which loads onto its base model.
-    final_dir = run / "final" if (run / "final" / "config.json").exists() else run / "final" / "adapter"
-    if not (final_dir / "config.json").exists() and not (final_dir / "adapter_config.json").exists():
-        raise MissingFileError(f"{run} has no final/ model; it has not finished (resume it with --resume)")
-    config = load_config(run / "config.yaml")
+    run_dir = RunDir(Path(run))
+    config = run_dir.config()
     task = load_task(config.task, **config.task_args)
+    policy = load_policy(str(run_dir.final_model()), config, task)
     base = load_model(config.model.name, config.model.dtype, config.model.trust_remote_code)
-    final = load_model(str(final_dir), config.model.dtype, config.model.trust_remote_code)
-    set_truncation_side(final.tokenizer, config.model.truncation_side, task.truncation_side)
-    policy = Policy(final.model, final.tokenizer, final.is_seq2seq, value_head="none")
-    reference = ReferenceModel(base.model, base.is_seq2seq)
-    max_new = config.generation.max_new_tokens or int(task.generation.get("max_new_tokens", 32))
-    generation = make_generation_config(final.tokenizer, **config.generation.hf_settings(max_new))
-    samples = task.split(split or config.eval.split)[: num_prompts or config.eval.num_prompts]
     reward = build_reward(config.reward, task.reward)
     if reward is None:
         raise InputError(f"task {config.task!r} has no default reward and the run's config names none")
     metrics, _ = evaluate(
         policy,
-        reference,
+        ReferenceModel(base.model, base.is_seq2seq),
         reward,
-        samples,
-        generation,
+        task.split(split or config.eval.split)[: num_prompts or config.eval.num_prompts],
+        generation_config(config.generation, task, policy.tokenizer),
         config.model.max_prompt_tokens,
         config.eval.batch_size,
         config.eval.seed,

@@ -101,7 +101,7 @@ def eval_(
 @app.command()
 def tasks() -> None:
     """List the registered tasks."""
-    from lmgym.data.task import available_tasks
+    from lmgym.data.registry import available_tasks
 
     table = Table(title="tasks")
     table.add_column("name")
@@ -114,7 +114,7 @@ def tasks() -> None:
 @app.command()
 def metrics() -> None:
     """List every metric (each is also a reward), what it needs and whether it can run here."""
-    from lmgym.metrics.base import availability, metric_infos, requirement
+    from lmgym.rewards.catalog import availability, metric_infos, requirement
 
     table = Table(title="metrics (any per-sample one is also a reward: reward.name in the config)")
     table.add_column("name")
@@ -203,7 +203,7 @@ def rm_train(
     """Train a reward model (Bradley–Terry) on comparisons; its folder is a reward (rm.path=...)."""
     logging.basicConfig(level=logging.WARNING)
     _quiet_loading()
-    from lmgym.algos.rm import train_reward_model
+    from lmgym.algos.rm_train import train_reward_model
     from lmgym.config import load_config
 
     try:

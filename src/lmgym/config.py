@@ -151,32 +151,26 @@ class KLSettings(Section):
 
 
 class OptimConfig(Section):
-    """Fields every algorithm shares."""
+    """Fields every on-policy algorithm shares."""
 
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm; None disables")
     ent_coef: float = Field(0.0, description="weight of the entropy bonus")
-    minibatch_size: int = Field(8, gt=0, description="samples per gradient step")
+    minibatch_size: int = Field(8, gt=0, description="samples of the global batch per gradient step")
+
+    @property
+    def completions_per_prompt(self) -> int:
+        return 1
 
 
-class CriticConfig(OptimConfig):
-    """Fields of actor-critic algorithms (a value head and GAE)."""
+class GradientConfig(OptimConfig):
+    """Fields of the algorithms that update by minibatch gradient steps (all on-policy ones but TRPO)."""
 
-    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
-    value_head_lr: float | None = Field(
-        1e-3, gt=0, description="learning rate of the value head (a fresh linear layer learns slowly at the LM's lr)"
+    epochs: int = Field(1, gt=0, description="passes over each rollout")
+    target_kl: float | None = Field(
+        None, gt=0, description="stop an update at the first minibatch whose approx. KL > 1.5 × this"
     )
-    gamma: float = Field(1.0, ge=0, le=1, description="discount")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
-    whiten_advantages: bool = True
-
-
-class PPOConfig(CriticConfig):
-    epochs: int = Field(4, gt=0, description="passes over each rollout")
-    clip_range: float = Field(0.2, gt=0, description="ε in the clipped ratio")
-    value_clip: float | None = Field(0.2, gt=0, description="clip value predictions to old ± this; None disables")
-    target_kl: float | None = Field(None, gt=0, description="stop an update early when approx. KL > 1.5 × this")
     ptx_coef: float = Field(
         0.0,
         ge=0,
@@ -191,6 +185,29 @@ class PPOConfig(CriticConfig):
     ptx_batch_size: int = Field(8, gt=0, description="supervised examples per ptx term")
 
 
+class CriticFields(Section):
+    """Fields of actor-critic algorithms (a value head and GAE)."""
+
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
+    value_head_lr: float | None = Field(
+        1e-3, gt=0, description="learning rate of the value head (a fresh linear layer learns slowly at the LM's lr)"
+    )
+    gamma: float = Field(1.0, ge=0, le=1, description="discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
+    whiten_advantages: bool = True
+    value_clip: float | None = Field(None, gt=0, description="clip value predictions to old ± this; None disables")
+
+
+class CriticConfig(CriticFields, GradientConfig):
+    """An actor-critic updated by minibatch gradient steps."""
+
+
+class PPOConfig(CriticConfig):
+    epochs: int = Field(4, gt=0, description="passes over each rollout")
+    clip_range: float = Field(0.2, gt=0, description="ε in the clipped ratio")
+    value_clip: float | None = Field(0.2, gt=0, description="clip value predictions to old ± this; None disables")
+
+
 class NLPOConfig(PPOConfig):
     mask_top_p: float = Field(0.9, gt=0, le=1, description="actions outside the mask policy's top-p set are masked")
     mask_update_every: int = Field(5, gt=0, description="μ: copy the learner into the mask policy every μ iterations")
@@ -201,7 +218,8 @@ class A2CConfig(CriticConfig):
     minibatch_size: int = Field(32, gt=0, description="samples per gradient step (one epoch, no clipping)")
 
 
-class TRPOConfig(CriticConfig):
+class TRPOConfig(CriticFields, OptimConfig):
+    minibatch_size: int = Field(8, gt=0, description="samples per chunk of the policy step; per value-regression step")
     max_kl: float = Field(0.01, gt=0, description="δ: bound on the mean per-token KL(old ‖ new) of an update")
     cg_iters: int = Field(10, gt=0, description="conjugate-gradient iterations for F⁻¹g")
     cg_damping: float = Field(0.1, ge=0, description="λ in (F + λI)v, keeps the Fisher solve stable")
@@ -213,7 +231,7 @@ class TRPOConfig(CriticConfig):
     value_epochs: int = Field(2, gt=0, description="epochs of value regression per iteration")
 
 
-class ReinforceConfig(OptimConfig):
+class ReinforceConfig(GradientConfig):
     baseline_decay: float = Field(
         0.9,
         ge=0,
@@ -223,13 +241,21 @@ class ReinforceConfig(OptimConfig):
     )
 
 
-class RLOOConfig(OptimConfig):
+class GroupConfig(GradientConfig):
+    """Algorithms that draw k completions per prompt and compare them with each other."""
+
+    k: int = Field(4, gt=1, description="completions per prompt (a group)")
+
+    @property
+    def completions_per_prompt(self) -> int:
+        return self.k
+
+
+class RLOOConfig(GroupConfig):
     k: int = Field(4, gt=1, description="completions per prompt; each one's baseline is the mean of the other k−1")
 
 
-class GRPOConfig(OptimConfig):
-    k: int = Field(4, gt=1, description="completions per prompt (a group)")
-    epochs: int = Field(1, gt=0, description="passes over each rollout")
+class GRPOConfig(GroupConfig):
     clip_range: float = Field(0.2, gt=0, description="ε in the clipped ratio")
     beta: float = Field(0.04, ge=0, description="weight of the k3 KL estimate in the loss (not in the reward)")
     scale_rewards: bool = Field(True, description="divide group-centred rewards by the group's std")

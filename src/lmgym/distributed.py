@@ -214,6 +214,14 @@ class Distributed:
             return value
         return float(self.sum(torch.tensor(float(value), dtype=torch.float64)))
 
+    def token_mean(self, values: torch.Tensor, mask: torch.Tensor) -> float:
+        """The mean of ``values`` over the unmasked tokens of the global batch ([B, G] each on every rank)."""
+        mask = mask.to(values.dtype)
+        if not self.enabled:
+            return float((values * mask).sum() / mask.sum().clamp(min=1))
+        total, count = self.sum(torch.stack([(values * mask).sum(), mask.sum()]).double())
+        return float(total / count.clamp(min=1))
+
     def loss_weights(self, counts: Sequence[float]) -> list[float]:
         """Weights of losses that are means over ``counts`` units each (tokens, examples), so that their weighted
         gradients, summed here and averaged over ranks, are the mean over every unit of the global batch:

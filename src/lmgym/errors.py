@@ -45,6 +45,10 @@ class MissingPackageError(LmgymError, ImportError):
     """An optional package is not installed; the message gives the pip command (e.g. an lmgym extra)."""
 
 
+class TrainingError(LmgymError, RuntimeError):
+    """Training cannot go on (non-finite loss, exploding KL, bad reward); the message names where."""
+
+
 class StateError(LmgymError, RuntimeError):
     """An object used out of order (e.g. stepping a finished episode) or an internal consistency check."""
 

@@ -10,8 +10,7 @@ import logging
 from collections.abc import Sequence
 
 from lmgym.config import ConfigError, TrainConfig
-from lmgym.data.sample import Sample
-from lmgym.guards import describe_sample
+from lmgym.data.sample import Sample, describe_sample
 
 log = logging.getLogger(__name__)
 

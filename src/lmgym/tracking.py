@@ -97,6 +97,20 @@ class RunDir:
             for r in records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
+    def config(self) -> TrainConfig:
+        """The run's resolved config (config.yaml)."""
+        if not (self.root / "config.yaml").exists():
+            raise MissingFileError(f"{self.root} is not a run folder (no config.yaml)")
+        return load_config(self.root / "config.yaml")
+
+    def final_model(self) -> Path:
+        """The folder of the run's final policy: final/, or final/adapter/ (a LoRA run with
+        peft.merge_on_save=false, which loads onto its base model)."""
+        for folder in (self.final, self.final / "adapter"):
+            if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():
+                return folder
+        raise MissingFileError(f"{self.root} has no final/ model; it has not finished (resume it with --resume)")
+
     def trained(self) -> bool:
         """Whether any training iteration completed (a record, or a checkpoint)."""
         has_checkpoint = self.checkpoints.is_dir() and any(self.checkpoints.iterdir())

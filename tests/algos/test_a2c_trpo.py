@@ -13,7 +13,8 @@ from rich.console import Console
 from safetensors.torch import load_file
 from torch.distributions import Categorical, kl_divergence
 
-from lmgym.algos.a2c import A2CTrainer, a2c_policy_loss
+from lmgym.algos.a2c import A2CTrainer
+from lmgym.algos.losses import policy_gradient_loss
 from lmgym.algos.trpo import TRPOTrainer, conjugate_gradient, fisher_subsample
 from lmgym.api import train
 from lmgym.config import load_config
@@ -241,7 +242,7 @@ def test_a2c_policy_loss_is_minus_advantage_weighted_logprob() -> None:
     logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -1.5, -9.0]], requires_grad=True)
     advantages = torch.tensor([[1.0, -2.0, 0.5], [3.0, 0.0, 7.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
-    loss = a2c_policy_loss(logprobs, advantages, mask)
+    loss = policy_gradient_loss(logprobs, advantages, mask)
     assert float(loss.detach()) == pytest.approx(-(-1.0 + 4.0 - 1.5 - 1.5 + 0.0) / 5)
     loss.backward()
     torch.testing.assert_close(logprobs.grad, -advantages * mask / 5)

@@ -22,6 +22,7 @@ from lmgym.algos.rloo import RLOOTrainer, rloo_advantages
 from lmgym.api import train
 from lmgym.config import GRPOConfig, ReinforceConfig, RLOOConfig, load_config
 from lmgym.data.sample import Sample
+from lmgym.distributed import Distributed
 from lmgym.rewards.kl import FixedKL
 
 LN2 = math.log(2.0)
@@ -177,7 +178,7 @@ def test_reinforce_returns_to_go_and_advantages_by_hand() -> None:
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # 9.0 is past the end of sample 1
     torch.testing.assert_close(returns_to_go(rewards, mask), torch.tensor([[1.0, 0.9, 0.7], [1.5, 1.0, 0.0]]))
 
-    trainer = SimpleNamespace(algo_config=ReinforceConfig(baseline_decay=0.8), baseline=0.5)
+    trainer = SimpleNamespace(algo_config=ReinforceConfig(baseline_decay=0.8), baseline=0.5, dist=Distributed())
     rollout = SimpleNamespace(mask=mask)
     advantages, returns = ReinforceTrainer.advantages(trainer, rollout, rewards)
     # A_t = G_t − 0.5: the baseline of the earlier iterations, not including this batch;

@@ -16,7 +16,7 @@ from lmgym.algos import get_trainer
 from lmgym.algos.dpo import dpo_loss, pairs_of
 from lmgym.config import load_config
 from lmgym.data.preferences import Comparison
-from lmgym.data.task import load_task
+from lmgym.data.registry import load_task
 
 
 def log_sigmoid(x: float) -> float:

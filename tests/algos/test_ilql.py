@@ -19,7 +19,7 @@ from lmgym.algos.ilql import HEADS_FILE, expectile_loss
 from lmgym.api import train
 from lmgym.config import load_config
 from lmgym.data.preferences import ScoredText, write_jsonl
-from lmgym.data.task import load_task
+from lmgym.data.registry import load_task
 from lmgym.models.tiny import tiny_tokenizer
 
 
@@ -194,9 +194,9 @@ def test_ilql_polyak_update_moves_the_target_a_fraction_alpha(tmp_path: Path) ->
                                                  strict=True)):  # fmt: skip
             target.fill_(1.0 + k)
             online.fill_(-3.0 - k)
-    trainer.after_step(1)  # not a multiple of target_update_every: no update
+    trainer.after_optimizer_step(1)  # not a multiple of target_update_every: no update
     assert all(bool((p == 1.0 + k).all()) for k, p in enumerate(policy.target_q.parameters()))
-    trainer.after_step(2)  # target ← 0.75·target + 0.25·online
+    trainer.after_optimizer_step(2)  # target ← 0.75·target + 0.25·online
     for k, target in enumerate(policy.target_q.parameters()):
         assert torch.allclose(target, torch.full_like(target, 0.75 * (1.0 + k) + 0.25 * (-3.0 - k))), k
     # The online heads are untouched.

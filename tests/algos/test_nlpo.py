@@ -13,11 +13,11 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from lmgym.algos.nlpo import MASK_FILE, MaskPolicyProcessor, NLPOTrainer, masked_entropy, masked_log_softmax, top_p_mask
-from lmgym.algos.rollout import Rollout
 from lmgym.api import train
 from lmgym.config import load_config
 from lmgym.models.policy import forward_generated
 from lmgym.models.tiny import tiny_model
+from lmgym.rollout.rollout import Rollout
 
 
 def quiet() -> Console:

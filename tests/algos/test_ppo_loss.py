@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from lmgym.algos.ppo import ppo_policy_loss, value_loss
+from lmgym.algos.losses import value_loss
+from lmgym.algos.ppo import ppo_policy_loss
 
 # ratios  [[1.5, 0.5, 1.0], [1.1, 0.7, 1.3]]  (the last one is masked)
 RATIOS = [[1.5, 0.5, 1.0], [1.1, 0.7, 1.3]]

@@ -13,12 +13,13 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from lmgym.algos.rm import check_retrainable, comparison_loss
+from lmgym.algos.rlhf import check_retrainable
+from lmgym.algos.rm import comparison_loss
 from lmgym.api import train
 from lmgym.cli import app
 from lmgym.config import ConfigError
 from lmgym.data.preferences import Comparison
-from lmgym.data.task import load_task
+from lmgym.data.registry import load_task
 from lmgym.rewards.factory import named_reward
 from lmgym.rewards.reward_model import RewardModelReward
 from lmgym.rewards.tokens import TokenShare

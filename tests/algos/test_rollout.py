@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmgym.algos.rollout import collect_rollout, tokenize_prompts
-from lmgym.data.task import load_task
+from lmgym.data.registry import load_task
 from lmgym.models.loading import load_model
 from lmgym.models.policy import Policy, ReferenceModel, make_generation_config
+from lmgym.rollout.rollout import collect_rollout
+from lmgym.rollout.sampling import tokenize_prompts
 
 
 @pytest.mark.parametrize(

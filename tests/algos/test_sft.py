@@ -14,7 +14,7 @@ from rich.console import Console
 from lmgym.algos.offline import make_batch
 from lmgym.algos.sft import sequence_nll
 from lmgym.api import train
-from lmgym.data.task import load_task
+from lmgym.data.registry import load_task
 from lmgym.data.tasks.files import DatasetError
 from lmgym.models.loading import load_model
 from lmgym.models.policy import Policy

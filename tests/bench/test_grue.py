@@ -232,7 +232,7 @@ def test_report_on_old_format_results_names_the_cells_without_per_prompt_data(tm
 
 
 def test_offline_profile_scores_enough_prompts():
-    from lmgym.data.task import load_task
+    from lmgym.data.registry import load_task
 
     short = {}
     for task in GRUE_TASKS + EXTRA_TASKS:

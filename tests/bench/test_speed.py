@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import GenerationConfig
 
-from lmgym.bench.speed import PHASES, RESULT_KEYS, model_shape, run_speed_benchmark, update_flops
+from lmgym.bench.speed import PHASES, RESULT_KEYS, run_speed_benchmark, update_flops
 from lmgym.models.loading import load_model
-from lmgym.models.policy import Policy, TokenBatch
+from lmgym.models.policy import Policy, ReferenceModel, TokenBatch, freeze
 
 
 def test_speed_benchmark_tiny(capsys: pytest.CaptureFixture[str]) -> None:
@@ -50,7 +51,55 @@ def test_update_flops_matches_flop_counter() -> None:
         scores = policy.score(batch, with_entropy=False)
         (scores.logprobs.sum() + scores.values.sum()).backward()
     value_params = sum(p.numel() for p in policy.value_head.parameters())
-    estimate = update_flops(
-        model_shape(loaded.model, False), B, P, G, head_positions=G + 1, value_head_params=value_params
-    )
+    estimate = update_flops(loaded.model, B, P, G, head_positions=G + 1, value_head_params=value_params)
     assert math.isclose(estimate, counter.get_total_flops(), rel_tol=0.02)
+
+
+@pytest.mark.parametrize("trainable_layers", [None, 1])
+def test_update_flops_match_the_flop_counter_with_frozen_blocks(trainable_layers: int | None) -> None:
+    """The estimate against torch's FLOP counter on one forward+backward of the tiny model (eager attention,
+    so that the attention matmuls are counted), with all blocks or only the top one trainable."""
+    torch.manual_seed(0)
+    loaded = load_model("tiny")
+    loaded.model.set_attn_implementation("eager")
+    freeze(loaded.model, embeddings=trainable_layers is not None, trainable_layers=trainable_layers)
+    policy = Policy(loaded.model, loaded.tokenizer, loaded.is_seq2seq)
+    B, P, G = 3, 20, 5
+    batch = TokenBatch(
+        torch.randint(4, 400, (B, P)),
+        torch.ones(B, P, dtype=torch.long),
+        torch.randint(4, 400, (B, G)),
+        torch.ones(B, G, dtype=torch.long),
+    )
+    counter = FlopCounterMode(display=False)
+    with counter:
+        scores = policy.score(batch, with_entropy=False)
+        (scores.logprobs.sum() + scores.values.sum()).backward()
+    value_params = sum(p.numel() for p in policy.value_head.parameters())
+    estimate = update_flops(loaded.model, B, P, G, head_positions=G + 1, value_head_params=value_params)
+    assert math.isclose(estimate, counter.get_total_flops(), rel_tol=0.03)
+
+
+def test_update_flops_of_a_pass_from_kept_trunk_states() -> None:
+    """Starting from the states kept during generation, the frozen bottom block does not run at all."""
+    torch.manual_seed(0)
+    loaded = load_model("tiny")
+    loaded.model.set_attn_implementation("eager")
+    reference = ReferenceModel(loaded.model, is_seq2seq=False)
+    freeze(loaded.model, embeddings=True, trainable_layers=1)
+    reference.share_frozen_trunk(loaded.model)
+    policy = Policy(loaded.model, loaded.tokenizer, loaded.is_seq2seq)
+    enc = loaded.tokenizer(["the movie was", "a story"], padding=True, return_tensors="pt")
+    generation = GenerationConfig(do_sample=True, max_new_tokens=5, min_new_tokens=5, top_k=0, pad_token_id=0)
+    batch, _ = policy.generate_and_score(enc["input_ids"], enc["attention_mask"], generation, keep_trunk=True)
+    assert batch.trunk is not None and batch.trunk.depth == 1
+    counter = FlopCounterMode(display=False)
+    with counter:
+        scores = policy.score(batch, with_entropy=False)
+        (scores.logprobs.sum() + scores.values.sum()).backward()
+    B, P = enc["input_ids"].shape
+    value_params = sum(p.numel() for p in policy.value_head.parameters())
+    estimate = update_flops(
+        loaded.model, B, P - 1, 5, head_positions=5, value_head_params=value_params, skipped_blocks=1
+    )
+    assert math.isclose(estimate, counter.get_total_flops(), rel_tol=0.03)

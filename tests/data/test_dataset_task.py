@@ -16,8 +16,9 @@ import pytest
 
 import lmgym
 from lmgym.data.hub import HubUnavailable
+from lmgym.data.registry import available_tasks, load_task
 from lmgym.data.rows import DatasetError
-from lmgym.data.task import Task, available_tasks, load_task
+from lmgym.data.task import Task
 from lmgym.errors import InputError, LmgymError, MissingFileError
 
 QUESTIONS = {

@@ -6,14 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmgym.data.task import load_task
-from lmgym.data.tasks.classifiers import (
-    EmbeddingClassifier,
-    ProbabilityReward,
-    cached_classifier,
-    intent_classifier,
-    sentiment_classifier,
-)
+from lmgym.data.registry import load_task
+from lmgym.data.tasks.dailydialog import intent_classifier
+from lmgym.data.tasks.imdb import sentiment_classifier
+from lmgym.models.classifiers import EmbeddingClassifier, cached_classifier
+from lmgym.rewards.classifier import ClassifierReward
 
 
 def test_intent_classifier_is_accurate_on_held_out_turns():
@@ -33,18 +30,18 @@ def test_sentiment_classifier_is_accurate_on_held_out_reviews():
     assert accuracy >= 0.85
 
 
-def test_probability_reward_reads_the_target_label_from_meta():
+def test_classifier_reward_reads_the_target_label_from_meta():
     classifier = intent_classifier()
     texts = ["Please book a table for two at seven.", "I will call you tomorrow."]
-    probs = classifier.predict_proba(texts)
+    probs = classifier.probabilities(texts)
     meta = [{"intent": "directive"}, {"intent": "commissive"}]
-    reward = ProbabilityReward(classifier, "meta:intent", "intent")
+    reward = ClassifierReward(classifier, "meta:intent", name="intent")
     expected = [float(probs[0, 2]), float(probs[1, 3])]  # INTENT_LABELS: inform, question, directive, commissive
     assert reward(["", ""], texts, [[], []], meta) == pytest.approx(expected)
     assert reward(["", ""], texts, [[], []], meta)[0] > 0.5  # "Please ..." is a directive
     with pytest.raises(ValueError, match=r"sample 0 has no meta\['intent'\]"):
         reward([""], texts[:1], [[]], [{}])
-    fixed = ProbabilityReward(classifier, "question", "q")
+    fixed = ClassifierReward(classifier, "question", name="q")
     assert fixed([""], texts[:1], [[]], [{}]) == pytest.approx([float(probs[0, 1])])
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lmgym.data.hub import DataFormatError
-from lmgym.data.task import available_tasks, load_task
-from lmgym.data.tasks.classifiers import INTENT_LABELS
+from lmgym.data.registry import available_tasks, load_task
+from lmgym.data.tasks.dailydialog import INTENT_LABELS
 
 GRUE = ("imdb", "commongen", "cnn_dailymail", "totto", "narrativeqa", "wmt16", "iwslt2017", "dailydialog")
 SMALL = {"n_train": 12, "n_val": 4, "n_test": 4}

@@ -11,7 +11,6 @@ import pytest
 
 from lmgym.data.preferences import (
     Comparison,
-    LexiconRule,
     ScoredText,
     comparisons_from_scored,
     demonstrations_from_references,
@@ -22,9 +21,10 @@ from lmgym.data.preferences import (
     rank_by_rule,
     write_jsonl,
 )
+from lmgym.data.rows import DatasetError
 from lmgym.data.sample import Sample
-from lmgym.data.tasks.files import DatasetError
 from lmgym.models.tiny import tiny_tokenizer
+from lmgym.rewards.lexicon import LexiconRule
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:

@@ -86,7 +86,7 @@ def test_task_settings_and_bad_sizes(task: Task) -> None:
     importlib.util.find_spec("lmgym.data.tasks.toy") is None, reason="lmgym.data.tasks.toy is not written yet"
 )
 def test_registry_loads_sentiment() -> None:
-    from lmgym.data import available_tasks, load_task
+    from lmgym.data.registry import available_tasks, load_task
 
     t = load_task("sentiment", n_train=10, n_val=3, n_test=3)
     assert t.reward.name == "vader_sentiment"

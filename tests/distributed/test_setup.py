@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lmgym.algos.onpolicy import OnPolicyTrainer
+from lmgym.algos.trainer import Trainer
 from lmgym.config import ConfigError, load_config
 from lmgym.distributed import Distributed, DistributedError, launcher_sharding
 
@@ -21,7 +22,8 @@ def check(world: int, *overrides: str, k: int = 1, supported: bool = True) -> No
         algo_config=getattr(config, config.algo),
         supports_data_parallel=supported,
     )
-    OnPolicyTrainer.check_data_parallel(fake)
+    Trainer.check_processes(fake)
+    OnPolicyTrainer.check_batch_sizes(fake)
 
 
 def test_the_global_batch_must_split_over_the_processes() -> None:

@@ -10,12 +10,14 @@ from gymnasium.utils.env_checker import check_env
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import lmgym  # noqa: F401  (registers lmgym/TextGen-v0)
-from lmgym.algos.rollout import collect_rollout, tokenize_prompts
-from lmgym.data.task import Task, load_task
+from lmgym.data.registry import load_task
+from lmgym.data.task import Task
 from lmgym.envs import ENV_ID, TextGenEnv
 from lmgym.models.loading import LoadedModel, load_model, load_tokenizer
 from lmgym.models.policy import Policy, ReferenceModel, make_generation_config
 from lmgym.rewards.sentiment import VaderSentiment
+from lmgym.rollout.rollout import collect_rollout
+from lmgym.rollout.sampling import tokenize_prompts
 
 HORIZON = 12
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from lmgym.metrics.base import load_metric
 from lmgym.metrics.diversity import distinct_n, msttr
 from lmgym.models.tiny import tiny_model
+from lmgym.rewards.catalog import load_metric
 
 
 def diversity(texts, **options):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from lmgym.metrics.base import load_metric
+from lmgym.rewards.catalog import load_metric
 from lmgym.rewards.classifier import ClassifierReward
 
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from lmgym.metrics.base import MissingRequirement, load_metric
+from lmgym.metrics.base import MissingRequirement
 from lmgym.metrics.model_based import MINILM_BASELINE
 from lmgym.metrics.summac import summac_zs_score
 from lmgym.metrics.text import sentences
 from lmgym.models.encoder import bundled_encoder_path
+from lmgym.rewards.catalog import load_metric
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lmgym.metrics.base import MetricReward, load_metric
 from lmgym.metrics.ngram import coco_tokens
+from lmgym.rewards.catalog import load_metric
+from lmgym.rewards.metric import MetricReward
 
 # SacreBLEU's README example: three system sentences, two reference streams.
 SACRE_SYS = ["The dog bit the man.", "It wasn't surprising.", "The man had just bitten him."]

@@ -9,9 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from lmgym.cli import app
-from lmgym.metrics.base import MissingRequirement, RewardMetric, availability, load_metric, metric_infos
+from lmgym.metrics.base import MissingRequirement
 from lmgym.metrics.wordnet import DATABASE_FILES, LEXNAMES, arrange_nltk_wordnet, system_wordnet_dir
 from lmgym.rewards.base import FunctionReward
+from lmgym.rewards.catalog import availability, load_metric, metric_infos
+from lmgym.rewards.metric import RewardMetric
 
 CONTRACT = [
     "bleu",

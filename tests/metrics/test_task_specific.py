@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from lmgym.metrics.base import load_metric
 from lmgym.metrics.task_specific import parent_scores
+from lmgym.rewards.catalog import load_metric
 
 TABLE = [("name", "John"), ("occupation", "doctor"), ("city", "London")]
 GEN = "john is a tall doctor in paris"
@@ -60,11 +60,11 @@ def test_intent_accuracy_from_meta() -> None:
 
 
 def test_intent_accuracy_with_a_classifier(tiny_classifier) -> None:
-    from lmgym.rewards.classifier import SequenceClassifier
+    from lmgym.models.classifiers import SequenceClassifier
 
     path = tiny_classifier(["inform", "question", "directive"])
     prompts, gens = ["hi there", "what is it"], [" i am fine", " a cat"]
-    predicted = SequenceClassifier(str(path)).predict_labels([p + " " + g for p, g in zip(prompts, gens, strict=True)])
+    predicted = SequenceClassifier(str(path)).predict([p + " " + g for p, g in zip(prompts, gens, strict=True)])
     meta = [{"intent": predicted[0]}, {"intent": "none of them"}]
     result = load_metric("intent_accuracy", classifier=str(path))(prompts, gens, [[], []], meta)
     assert result["intent_accuracy"].per_sample == [1.0, 0.0]

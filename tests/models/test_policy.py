@@ -6,7 +6,6 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
 
-from lmgym.algos.rollout import tokenize_prompts
 from lmgym.models.loading import LoadedModel, load_model, prepare_tokenizer
 from lmgym.models.policy import (
     Policy,
@@ -16,6 +15,7 @@ from lmgym.models.policy import (
     make_generation_config,
 )
 from lmgym.models.tiny import tiny_tokenizer
+from lmgym.rollout.sampling import tokenize_prompts
 
 PROMPTS = [
     "the movie",

@@ -10,11 +10,11 @@ import pytest
 from rich.console import Console
 
 from lmgym.algos import get_trainer
-from lmgym.algos.rollout import tokenize_prompts
 from lmgym.config import load_config
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task
 from lmgym.models.loading import load_tokenizer, set_truncation_side
+from lmgym.rollout.sampling import tokenize_prompts
 
 # A NarrativeQA-style prompt: the question first, then a summary far longer than the prompt budget.
 QUESTION = "question: Why does the actor love the music?"

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from lmgym.api import train
 from lmgym.checkpoint import list_checkpoints
-from lmgym.guards import TrainingError
+from lmgym.errors import TrainingError
 from lmgym.rewards.base import Reward
 from lmgym.rewards.tokens import TokenShare
 

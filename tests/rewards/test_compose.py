@@ -13,10 +13,10 @@ from rich.console import Console
 
 from lmgym.api import train
 from lmgym.config import ConfigError, RewardConfig, load_config
-from lmgym.metrics.base import MetricReward
 from lmgym.rewards.base import FunctionReward
 from lmgym.rewards.compose import Clip, PerToken, Product, WeightedSum
 from lmgym.rewards.factory import build_reward, named_reward
+from lmgym.rewards.metric import MetricReward
 from lmgym.rewards.normalize import RunningNormalize
 
 PROMPTS, GENS, REFS = ["p", "q"], ["a b c", "d e"], [["a b c"], ["x"]]

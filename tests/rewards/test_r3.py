@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lmgym.metrics.base import load_metric
+from lmgym.rewards.catalog import load_metric
 from lmgym.rewards.r3 import (
     QueryTypeHead,
     R3Reward,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from lmgym.algos.onpolicy import OnPolicyTrainer, TrainResult
+from lmgym.algos.trainer import Trainer, TrainResult
 from lmgym.errors import NotFoundError
 
 # algo name → "module:class"; imported on first use.
@@ -22,11 +22,11 @@ TRAINERS: dict[str, str] = {
 }
 
 
-def get_trainer(algo: str) -> type[OnPolicyTrainer]:
+def get_trainer(algo: str) -> type[Trainer]:
     if algo not in TRAINERS:
         raise NotFoundError(f"unknown algo {algo!r}; available: {', '.join(TRAINERS)}")
     module, name = TRAINERS[algo].split(":")
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["TRAINERS", "OnPolicyTrainer", "TrainResult", "get_trainer"]
+__all__ = ["TRAINERS", "TrainResult", "Trainer", "get_trainer"]

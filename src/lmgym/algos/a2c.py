@@ -16,19 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from lmgym.algos.advantages import masked_mean
-from lmgym.algos.ppo import PolicyTerms, PPOTrainer, approx_kl
+from lmgym.algos.losses import approx_kl, policy_gradient_loss
+from lmgym.algos.onpolicy import OnPolicyTrainer, PolicyTerms
 
 
-def a2c_policy_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """−E[A·log πθ(a|s)] over the unmasked tokens; all inputs [B, G]."""
-    return -masked_mean(advantages * logprobs, mask)
+class A2CTrainer(OnPolicyTrainer):
+    """The plain policy gradient with a critic: one epoch (``a2c.epochs``), no ratio, no clipping."""
 
-
-class A2CTrainer(PPOTrainer):
-    """PPO's trainer (minibatches, scoring hooks, gradient clipping) with one epoch and the plain policy gradient."""
-
-    def policy_loss(self, m: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return a2c_policy_loss(m.logprobs, m.advantages, m.mask), {
-            "approx_kl": approx_kl(m.logprobs, m.old_logprobs, m.mask)
-        }
+    def policy_loss(self, terms: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = policy_gradient_loss(terms.logprobs, terms.advantages, terms.mask)
+        return loss, {"approx_kl": approx_kl(terms.logprobs, terms.old_logprobs, terms.mask)}

@@ -1,23 +1,14 @@
-"""Shared pieces of the critic-free algorithms (REINFORCE, RLOO, GRPO).
+"""Tensor helpers of the critic-free algorithms (REINFORCE, RLOO, GRPO), whose baseline comes from other
+samples instead of a value head (a moving average, the other k−1 completions of a prompt, the group's mean).
 
-None of them builds a value head (``uses_critic = False``): the baseline comes from other
-samples instead (a moving average, the other k−1 completions of a prompt, the group's mean).
-RLOO and GRPO draw k completions per prompt; the base trainer puts the k copies of a prompt
-next to each other in the rollout, so a [B] tensor viewed as [B/k, k] holds one prompt per row.
-
-REINFORCE and RLOO share the plain policy-gradient update, one pass in minibatches
-(masked means over the minibatch's generated tokens):
-
-    L_pg  = −E[ A · log πθ(a_t|s_t) ]            no ratio, no clipping
-    loss  = L_pg − ent_coef·H[πθ]
+RLOO and GRPO draw k completions per prompt; the trainer puts the k copies of a prompt next to each other
+in the rollout, so a [B] tensor viewed as [B/k, k] holds one prompt per row.
 """
 
 from __future__ import annotations
 
 import torch
 
-from lmgym.algos.advantages import masked_mean
-from lmgym.algos.ppo import PolicyTerms, PPOTrainer, approx_kl
 from lmgym.data.sample import Sample
 from lmgym.errors import InputError
 
@@ -47,18 +38,3 @@ def check_groups(samples: list[Sample], k: int) -> None:
 def per_token(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Give each generated token its completion's value: [B] → [B, G] (0 under the mask)."""
     return x[:, None] * mask
-
-
-def policy_gradient_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """−E[A·log πθ(a|s)] over the unmasked tokens; all inputs [B, G]."""
-    return -masked_mean(advantages * logprobs, mask)
-
-
-class CriticFreeTrainer(PPOTrainer):
-    """No value head; one pass of the plain policy gradient through PPO's minibatch loop."""
-
-    uses_critic = False
-
-    def policy_loss(self, m: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = policy_gradient_loss(m.logprobs, m.advantages, m.mask)
-        return loss, {"approx_kl": approx_kl(m.logprobs, m.old_logprobs, m.mask)}

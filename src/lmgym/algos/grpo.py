@@ -23,15 +23,15 @@ mean per-token k3 estimate under πθ during the update (the term the loss sees)
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 
 from lmgym.algos.advantages import masked_mean
-from lmgym.algos.critic_free import CriticFreeTrainer, by_group, check_groups, per_token, sequence_returns
-from lmgym.algos.ppo import PolicyTerms, ppo_policy_loss
-from lmgym.algos.rollout import Rollout
+from lmgym.algos.critic_free import by_group, check_groups, per_token, sequence_returns
+from lmgym.algos.onpolicy import OnPolicyTrainer, PolicyTerms
+from lmgym.algos.ppo import ppo_policy_loss
 from lmgym.rewards.kl import FixedKL
+from lmgym.rollout.rollout import Rollout
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
     return (torch.exp(log_ratio) - log_ratio - 1.0) * mask
 
 
-class GRPOTrainer(CriticFreeTrainer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+class GRPOTrainer(OnPolicyTrainer):
+    def build_extras(self) -> None:
+        super().build_extras()
         if self.config.kl.model_fields_set:
             log.warning(
                 "grpo ignores the `kl` section: its KL weight is grpo.beta (%s), in the loss", self.algo_config.beta
@@ -75,8 +75,9 @@ class GRPOTrainer(CriticFreeTrainer):
         returns = sequence_returns(rewards, mask)  # [B]
         return per_token(grpo_advantages(returns, cfg.k, cfg.scale_rewards), mask), per_token(returns, mask)
 
-    def policy_loss(self, m: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def policy_loss(self, terms: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """PPO's clipped objective plus β times the k3 KL estimate to the reference."""
-        loss, stats = ppo_policy_loss(m.logprobs, m.old_logprobs, m.advantages, m.mask, self.algo_config.clip_range)
-        stats["grpo/kl"] = masked_mean(k3_kl(m.logprobs, m.rollout.ref_logprobs[m.idx], m.mask), m.mask)
-        return loss + self.algo_config.beta * stats["grpo/kl"], stats
+        cfg = self.algo_config
+        loss, stats = ppo_policy_loss(terms.logprobs, terms.old_logprobs, terms.advantages, terms.mask, cfg.clip_range)
+        stats["grpo/kl"] = masked_mean(k3_kl(terms.logprobs, terms.ref_logprobs, terms.mask), terms.mask)
+        return loss + cfg.beta * stats["grpo/kl"], stats

@@ -223,7 +223,7 @@ class ILQLTrainer(OfflineTrainer):
             "v_mean": masked_mean(values, mask).detach(),
         }
 
-    def after_step(self, iteration: int) -> None:
+    def after_optimizer_step(self, iteration: int) -> None:
         cfg = self.algo_config
         if iteration % cfg.target_update_every == 0:
             self.policy.polyak(cfg.target_update_rate)

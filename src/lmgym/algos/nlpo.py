@@ -60,10 +60,12 @@ from transformers import (
 )
 
 from lmgym.algos.advantages import masked_mean
-from lmgym.algos.ppo import PPOTrainer
-from lmgym.algos.rollout import Rollout, collect_rollout, tokenize_prompts
+from lmgym.algos.onpolicy import OnPolicyTrainer, PolicyTerms
+from lmgym.algos.ppo import ppo_policy_loss
 from lmgym.data.sample import Sample
 from lmgym.errors import InputError, StateError
+from lmgym.rollout.rollout import Rollout, collect_rollout
+from lmgym.rollout.sampling import tokenize_prompts
 
 MASK_FILE = "mask_policy.safetensors"
 
@@ -197,10 +199,11 @@ class MaskPolicyProcessor(LogitsProcessor):
         return torch.stack(logprobs, dim=1), torch.stack(self.action_masks, dim=1)
 
 
-class NLPOTrainer(PPOTrainer):
+class NLPOTrainer(OnPolicyTrainer):
     """PPO on the masked policy π̃θ, with a mask policy refreshed every ``mask_update_every`` iterations."""
 
     def build_extras(self) -> None:
+        super().build_extras()
         cfg = self.algo_config
         self.mask_model = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
         # True while π_mask's weights equal the learner's: the rollout then skips the mask model.
@@ -290,6 +293,12 @@ class NLPOTrainer(PPOTrainer):
 
     def old_logprobs(self, rollout: Rollout) -> torch.Tensor:
         return rollout.extras["masked_logprobs"]  # log π̃_old, [B, G]
+
+    def policy_loss(self, terms: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """PPO's clipped objective on π̃θ (`score_minibatch` and `old_logprobs` give the masked log-probs)."""
+        return ppo_policy_loss(
+            terms.logprobs, terms.old_logprobs, terms.advantages, terms.mask, self.algo_config.clip_range
+        )
 
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         stats = super().update(rollout, advantages, returns)

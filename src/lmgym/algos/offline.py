@@ -1,9 +1,9 @@
-"""The shared base of the trainers that learn from a fixed dataset: SFT, DPO and ILQL.
+"""`OfflineTrainer`: the base of the trainers that learn from a fixed dataset: SFT, DPO and ILQL.
 
-They reuse the on-policy trainer for everything around the update (run folder, model and frozen
-reference, evaluation with the same `evaluate()`, checkpoints with exact resume, numerical guards,
-metrics.jsonl); one "iteration" is one gradient step on ``batch_size`` examples drawn by the same
-stateless per-epoch permutation as on-policy prompts, so a resumed run sees the same batches.
+Everything around the update is `Trainer`'s (run folder, model and frozen reference, held-out evaluation,
+checkpoints with exact resume, numerical guards, metrics.jsonl); one "iteration" is one gradient step on
+``batch_size`` examples drawn by the same stateless per-epoch permutation as on-policy prompts, so a resumed
+run sees the same batches.
 
 A subclass sets how its examples are made (`make_examples`) and its loss (`loss`).
 
@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from lmgym.algos.onpolicy import OnPolicyTrainer, print_comparison, prompt_indices
-from lmgym.algos.rollout import tokenize_prompts
+from lmgym.algos.trainer import Trainer, prompt_indices
 from lmgym.config import ConfigError
-from lmgym.data.preferences import ScoredText, load_scored_texts, log_generations, write_jsonl
-from lmgym.errors import InputError
-from lmgym.guards import TrainingError
+from lmgym.data.preferences import ScoredText, load_scored_texts, write_jsonl
+from lmgym.errors import InputError, TrainingError
 from lmgym.models.policy import TokenBatch
+from lmgym.rollout.logged import log_generations
+from lmgym.rollout.sampling import tokenize_prompts
 from lmgym.tracking import RunDir
 
 LOGGED_FILE = "data.jsonl"
@@ -83,10 +83,7 @@ class OfflineRunDir(RunDir):
         return self.save_figure(fig, "loss_reward.png")
 
 
-class OfflineTrainer(OnPolicyTrainer):
-    uses_critic = False
-    timed_phases = ("update",)
-
+class OfflineTrainer(Trainer):
     def prepare_data(self) -> None:
         self.run = OfflineRunDir(self.run.root)
         t0 = time.perf_counter()
@@ -103,7 +100,7 @@ class OfflineTrainer(OnPolicyTrainer):
     def loss(self, examples: list[Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def after_step(self, iteration: int) -> None:
+    def after_optimizer_step(self, iteration: int) -> None:
         """Runs after each optimizer step (ILQL's target-network update)."""
 
     def loss_units(self, examples: list[Any]) -> float:
@@ -115,7 +112,7 @@ class OfflineTrainer(OnPolicyTrainer):
         """Tokens of the completions as `batch` keeps them (cut to max_completion_tokens)."""
         return float(sum(min(len(ids), self.algo_config.max_completion_tokens) for ids in completions))
 
-    def check_data_parallel(self) -> None:
+    def check_batch_sizes(self) -> None:
         world = self.dist.world_size
         if world > 1 and self.algo_config.batch_size % world:
             raise ConfigError(
@@ -185,9 +182,9 @@ class OfflineTrainer(OnPolicyTrainer):
             if self.dist.scaler is None and not math.isfinite(float(grad_norm)):
                 raise TrainingError(f"the gradient norm is {float(grad_norm)} on examples {self.describe(examples)}")
             self.dist.step(self.optimizer)
-            self.after_step(iteration)
+            self.after_optimizer_step(iteration)
         except TrainingError as err:
-            self.fail(iteration, str(err), self._snapshots[-1] if self._snapshots else None)
+            self.fail(iteration, str(err), self.last_snapshot(), cause=err)
         seconds = time.perf_counter() - t0
         values = {"loss/total": float(loss.detach()), "grad_norm": float(grad_norm)}
         values.update({k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in stats.items()})
@@ -203,13 +200,3 @@ class OfflineTrainer(OnPolicyTrainer):
 
     def clip_gradients(self, max_norm: float | None) -> torch.Tensor:
         return self.dist.clip_grad_norm(self.policy.parameters(), max_norm)
-
-    def status(self, record: dict[str, Any]) -> str:
-        return f"loss {record['loss/total']:.4f}"
-
-    def status_legend(self) -> str:
-        return "training loss (an iteration is a gradient step)"
-
-    def report(self, after: dict[str, float], after_records: list[dict[str, Any]]) -> None:
-        print_comparison(self.console, self.before or {}, after, self.before_samples, after_records)
-        self.console.print(f"run written to [bold]{self.run.root}[/] (plot: {self.run.plots / 'loss_reward.png'})")

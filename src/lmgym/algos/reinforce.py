@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
-from lmgym.algos.critic_free import CriticFreeTrainer
-from lmgym.algos.rollout import Rollout
+from lmgym.algos.losses import approx_kl, policy_gradient_loss
+from lmgym.algos.onpolicy import OnPolicyTrainer, PolicyTerms
 from lmgym.errors import NotFoundError
+from lmgym.rollout.rollout import Rollout
 
 
 def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -43,8 +44,9 @@ def update_baseline(baseline: float | None, batch_mean: float, decay: float) -> 
     return decay * baseline + (1.0 - decay) * batch_mean
 
 
-class ReinforceTrainer(CriticFreeTrainer):
+class ReinforceTrainer(OnPolicyTrainer):
     def build_extras(self) -> None:
+        super().build_extras()
         self.baseline: float | None = None
 
     def trainer_state(self, iteration: int) -> dict[str, Any]:
@@ -60,12 +62,15 @@ class ReinforceTrainer(CriticFreeTrainer):
         mask = rollout.mask.float()
         returns = returns_to_go(rewards, mask)  # [B, G]
         batch_mean = float(returns[:, 0].mean())
-        if getattr(self, "dist", None) is not None:
-            # Several processes: the global batch's mean (the ranks' batches are the same size), so all agree on b.
-            batch_mean = self.dist.mean_float(batch_mean)
+        # Several processes: the global batch's mean (the ranks' batches are the same size), so all agree on b.
+        batch_mean = self.dist.mean_float(batch_mean)
         baseline = batch_mean if self.baseline is None else self.baseline  # the earlier iterations' only
         self.baseline = update_baseline(self.baseline, batch_mean, self.algo_config.baseline_decay)
         return (returns - baseline) * mask, returns
+
+    def policy_loss(self, terms: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = policy_gradient_loss(terms.logprobs, terms.advantages, terms.mask)
+        return loss, {"approx_kl": approx_kl(terms.logprobs, terms.old_logprobs, terms.mask)}
 
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         stats = super().update(rollout, advantages, returns)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from lmgym.algos.critic_free import CriticFreeTrainer, by_group, check_groups, per_token, sequence_returns
-from lmgym.algos.rollout import Rollout
+from lmgym.algos.critic_free import by_group, check_groups, per_token, sequence_returns
+from lmgym.algos.losses import approx_kl, policy_gradient_loss
+from lmgym.algos.onpolicy import OnPolicyTrainer, PolicyTerms
+from lmgym.rollout.rollout import Rollout
 
 
 def rloo_advantages(returns: torch.Tensor, k: int) -> torch.Tensor:
@@ -25,10 +27,14 @@ def rloo_advantages(returns: torch.Tensor, k: int) -> torch.Tensor:
     return (r - baseline).reshape(-1)
 
 
-class RLOOTrainer(CriticFreeTrainer):
+class RLOOTrainer(OnPolicyTrainer):
     def advantages(self, rollout: Rollout, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.algo_config.k
         check_groups(rollout.samples, k)
         mask = rollout.mask.float()
         returns = sequence_returns(rewards, mask)  # [B]
         return per_token(rloo_advantages(returns, k), mask), per_token(returns, mask)
+
+    def policy_loss(self, terms: PolicyTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = policy_gradient_loss(terms.logprobs, terms.advantages, terms.mask)
+        return loss, {"approx_kl": approx_kl(terms.logprobs, terms.old_logprobs, terms.mask)}

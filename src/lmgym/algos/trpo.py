@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parameters_to_vector
 
+from lmgym.algos.losses import value_loss
 from lmgym.algos.onpolicy import OnPolicyTrainer
-from lmgym.algos.ppo import value_loss
-from lmgym.algos.rollout import Rollout
 from lmgym.errors import InputError
 from lmgym.models.policy import TokenBatch, forward_generated
+from lmgym.rollout.rollout import Rollout
 
 
 def flat_grad(
@@ -285,7 +285,7 @@ class TRPOTrainer(OnPolicyTrainer):
                 if len(idx) == 0:
                     idx, weight = torch.zeros(1, dtype=torch.long), 0.0
                 values = self.value_predictions(rollout.batch.index(idx), None if features is None else features[idx])
-                loss = value_loss(values, rollout.values[idx], returns[idx], rollout.mask[idx].float(), clip=None)
+                loss = value_loss(values, rollout.values[idx], returns[idx], rollout.mask[idx].float(), cfg.value_clip)
                 self.optimizer.zero_grad(set_to_none=True)
                 (loss * weight).backward()
                 self.dist.average_gradients(params)

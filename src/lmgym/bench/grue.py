@@ -524,19 +524,16 @@ class Scored:
 def evaluate_cell(config: TrainConfig, model: str, base_model: str) -> Scored:
     """Scores of ``model`` on the config's held-out prompts: reward, perplexity under ``base_model``,
     distinct-n, length and the task's metric set, with their per-prompt values."""
-    from lmgym.data.task import load_task
-    from lmgym.evaluation import evaluate
-    from lmgym.models.loading import load_model, set_truncation_side
-    from lmgym.models.policy import Policy, make_generation_config
+    from lmgym.data.registry import load_task
+    from lmgym.models.policy import ReferenceModel
+    from lmgym.rollout.evaluation import evaluate
+    from lmgym.rollout.sampling import generation_config, load_policy
 
     task = load_task(config.task, **config.task_args)
-    base = load_model(base_model, config.model.dtype, config.model.trust_remote_code)
-    final = base if model == base_model else load_model(model, config.model.dtype, config.model.trust_remote_code)
-    set_truncation_side(final.tokenizer, config.model.truncation_side, task.truncation_side)
-    policy = Policy(final.model, final.tokenizer, final.is_seq2seq, value_head="none")
-    reference = nll_recording_reference(base.model, base.is_seq2seq)
-    max_new = config.generation.max_new_tokens or int(task.generation.get("max_new_tokens", 32))
-    generation = make_generation_config(final.tokenizer, **config.generation.hf_settings(max_new))
+    base = load_policy(base_model, config, task)
+    policy = base if model == base_model else load_policy(model, config, task)
+    reference = ReferenceModel(base.model, base.is_seq2seq)
+    generation = generation_config(config.generation, task, policy.tokenizer)
     samples = task.split(config.eval.split)[: config.eval.num_prompts]
     scores, records = evaluate(
         policy,
@@ -553,29 +550,9 @@ def evaluate_cell(config: TrainConfig, model: str, base_model: str) -> Scored:
     for record, sample in zip(records, samples, strict=True):
         record["references"] = list(sample.references)
     scores = {**scores, **task_scores}
-    nll = (reference.nll_sums, reference.tokens)
+    nll = ([r["ref_nll"] for r in records], [r["tokens"] for r in records])
     per_prompt, no_interval = per_prompt_values(scores, records, nll, per_sample)
     return Scored(scores, missing, records, per_prompt, no_interval)
-
-
-def nll_recording_reference(model: Any, is_seq2seq: bool) -> Any:
-    """The reference model of `evaluate`, also keeping each generation's NLL sum and token count: `evaluate`
-    reports one corpus perplexity, and its bootstrap needs the per-prompt pieces."""
-    from lmgym.models.policy import ReferenceModel
-
-    class NllRecordingReference(ReferenceModel):
-        def __init__(self, model: Any, is_seq2seq: bool) -> None:
-            super().__init__(model, is_seq2seq)
-            self.nll_sums: list[float] = []
-            self.tokens: list[int] = []
-
-        def logprobs(self, batch: Any, temperature: float = 1.0) -> Any:
-            logprobs = super().logprobs(batch, temperature)
-            self.nll_sums += (-(logprobs * batch.gen_mask.to(logprobs.dtype)).sum(-1)).tolist()
-            self.tokens += batch.gen_mask.sum(-1).tolist()
-            return logprobs
-
-    return NllRecordingReference(model, is_seq2seq)
 
 
 def task_metrics(
@@ -585,7 +562,8 @@ def task_metrics(
     the reason (reported in the leaderboard instead of a score); the per-sample values of those that have them."""
     import importlib
 
-    from lmgym.metrics.base import MissingRequirement, load_metric, metric_infos
+    from lmgym.metrics.base import MissingRequirement
+    from lmgym.rewards.catalog import load_metric, metric_infos
 
     prompts = [s.prompt for s in samples]
     references = [list(s.references) for s in samples]

@@ -17,7 +17,6 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,9 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from lmgym.algos.ppo import PPOTrainer
-from lmgym.algos.rollout import Rollout
 from lmgym.config import PPOConfig, load_config
 from lmgym.errors import InputError
+from lmgym.rollout.rollout import Rollout
 
 PHASES = ("generate", "score", "reward", "update")
 RESULT_KEYS = (
@@ -47,42 +46,19 @@ RESULT_KEYS = (
 )
 
 
-# --- FLOP accounting ------------------------------------------------------------------------------
+# --- FLOP accounting (also used by benchmarks/vs_trl.py) ---------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """What the FLOP estimate needs from a model."""
-
-    trunk_params: int  # every parameter except the input embedding and the LM head
-    head_params: int  # the LM head (the embedding matrix when tied, counted once here)
-    layers: int  # decoder layers (causal) / encoder layers (seq2seq)
-    attn_width: int  # num_heads × head_dim: the width of Q, K and V
-    encoder_trunk_params: int = 0  # seq2seq only: the part of trunk_params in the encoder
-    decoder_layers: int = 0  # seq2seq only
-
-
-def model_shape(model: torch.nn.Module, is_seq2seq: bool) -> ModelShape:
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings()
-    head_tensors = [p for p in (head.weight, getattr(head, "bias", None)) if p is not None] if head else [embedding]
-    excluded = {id(embedding), *(id(p) for p in head_tensors)}  # a tied head is the embedding: excluded once
-    trunk = sum(p.numel() for p in model.parameters() if id(p) not in excluded)  # parameters() dedups ties
-    head_params = sum(p.numel() for p in head_tensors)
+def _attn_width(model: torch.nn.Module) -> int:
+    """num_heads × head_dim: the width of Q, K and V."""
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     heads = getattr(cfg, "num_attention_heads", None) or cfg.num_heads
     hidden = getattr(cfg, "hidden_size", None) or cfg.d_model
-    head_dim = getattr(cfg, "head_dim", None) or getattr(cfg, "d_kv", None) or hidden // heads
-    layers = getattr(cfg, "num_hidden_layers", None) or cfg.num_layers
-    if not is_seq2seq:
-        return ModelShape(trunk, head_params, layers, heads * head_dim)
-    encoder_trunk = sum(p.numel() for p in model.get_encoder().parameters() if id(p) not in excluded)
-    decoder_layers = getattr(cfg, "num_decoder_layers", None) or layers
-    return ModelShape(trunk, head_params, layers, heads * head_dim, encoder_trunk, decoder_layers)
+    return heads * (getattr(cfg, "head_dim", None) or getattr(cfg, "d_kv", None) or hidden // heads)
 
 
 def update_flops(
-    shape: ModelShape,
+    model: torch.nn.Module,
     rows: int,
     prompt_len: int,
     gen_len: int,
@@ -90,46 +66,68 @@ def update_flops(
     head_positions: int | None = None,
     value_head_params: int = 0,
     separate_critic: bool = False,
-    head_trainable: bool = True,
+    skipped_blocks: int = 0,
 ) -> float:
-    """FLOPs of forward + backward over ``rows`` padded sequences of ``prompt_len`` + ``gen_len`` tokens.
+    """Matmul FLOPs of forward + backward of the update's pass over ``rows`` sequences of prompt_len + gen_len
+    tokens, counting what actually runs when only some blocks train (norms, softmax, the optimizer step and the
+    embedding lookup are left out).
 
-    A frozen LM head costs 4· instead of 6· (no weight gradient).
-    Matmuls only (norms, softmax, the optimizer step and the embedding lookup are
-    left out). A weight used on T tokens costs 2·T FLOPs per parameter forward and
-    4·T backward (input and weight gradients), hence the factor 6:
+    A weight applied to T tokens costs 2·T per parameter forward, 2·T for the input gradient and 2·T for its
+    own gradient (hence 6·, or 4· for a frozen weight that gradients pass through). Blocks below the lowest
+    trainable one run forward only; blocks from it up need input gradients, and weight gradients where they
+    train. Attention's Q·Kᵀ and A·V cost 4·S²·width per row and layer forward (the full S × S square: with a
+    padding mask the kernels do not skip the causal half) and twice that backward. The LM head is applied at
+    ``head_positions`` positions per row (logits_to_keep; default all S), the value head, trained, at gen_len.
+    The bottom ``skipped_blocks`` do not run at all when the pass starts from states kept during generation
+    (models/trunk.py); the sequence is then one token shorter (the last is never scored). A separate critic
+    adds its own fully trained pass and an LM head forward (its logits do not enter the loss).
 
-    causal, S = P + G, K = positions that get logits (G + 1 with logits_to_keep, else S):
-        6·N_trunk·rows·S + 6·N_head·rows·K + 6·N_value·rows·G
-        + 12·layers·attn_width·rows·S²
-    The attention term: per layer Q·Kᵀ and A·V each cost 2·S²·attn_width per row
-    forward (the full S × S square: with a padding mask the kernels do not skip the
-    causal half), ×3 for forward + backward.
-
-    seq2seq (approximate: all decoder weights counted on the G decoder tokens):
-        6·N_enc·rows·P + 6·(N_trunk − N_enc)·rows·G + 6·N_head·rows·G + 6·N_value·rows·G
+    seq2seq (approximate, every block trained: all decoder weights counted on the G decoder tokens):
+        6·N_enc·rows·P + 6·N_dec·rows·G + (6 or 4)·N_head·rows·G + 6·N_value·rows·G
         + 12·attn_width·rows·(enc_layers·P² + dec_layers·(G² + G·P))
-
-    A separate critic adds its own trunk and attention (×6) and its LM head forward
-    only (×2: its logits do not enter the loss).
     """
-    P, G = prompt_len, gen_len
+    from lmgym.models.policy import transformer_blocks
+
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    head_cost = 6 if head.requires_grad else 4
+    width = _attn_width(model)
     if is_seq2seq:
-        K = G
-        decoder_trunk = shape.trunk_params - shape.encoder_trunk_params
-        trunk = 6 * (shape.encoder_trunk_params * rows * P + decoder_trunk * rows * G)
-        attention = 12 * shape.attn_width * rows * (shape.layers * P * P + shape.decoder_layers * (G * G + G * P))
-    else:
-        S = P + G
-        K = min(head_positions or S, S)
-        trunk = 6 * shape.trunk_params * rows * S
-        attention = 12 * shape.layers * shape.attn_width * rows * S * S
-    head = shape.head_params * rows * K
-    # A frozen LM head (model.freeze_embeddings) still back-propagates to its input (4·) but
-    # computes no weight gradient.
-    total = trunk + attention + (6 if head_trainable else 4) * head + 6 * value_head_params * rows * G
-    if separate_critic:
-        total += trunk + attention + 2 * head
+        P, G = prompt_len, gen_len
+        stacks = transformer_blocks(model)
+        encoder = sum(p.numel() for p in model.get_encoder().parameters() if p is not embedding)
+        decoder = sum(p.numel() for p in model.parameters() if p is not embedding and p is not head) - encoder
+        layers = [len(stack) for stack in stacks]
+        trunk = 6 * (encoder * rows * P + decoder * rows * G)
+        attention = 12 * width * rows * (layers[0] * P * P + layers[-1] * (G * G + G * P))
+        total = trunk + attention + head_cost * head.numel() * rows * G + 6 * value_head_params * rows * G
+        if separate_critic:
+            total += trunk + attention + 2 * head.numel() * rows * G
+        return float(total)
+    S = prompt_len + gen_len
+    K = min(head_positions or S, S)
+    tokens = rows * S
+    blocks = [block for stack in transformer_blocks(model) for block in stack]
+    trains = [any(p.requires_grad for p in block.parameters()) for block in blocks]
+    lowest = 0 if embedding.requires_grad else next((i for i, t in enumerate(trains) if t), len(blocks))
+    attention = 4 * S * S * width * rows
+    in_blocks = {id(p) for block in blocks for p in block.parameters()} | {id(embedding), id(head)}
+    rest = sum(p.numel() for p in model.parameters() if id(p) not in in_blocks)  # final norm etc.
+    total = 0.0
+    for i, (block, trainable) in enumerate(zip(blocks, trains, strict=True)):
+        params = sum(p.numel() for p in block.parameters())
+        if i < skipped_blocks:
+            continue
+        if i < lowest:
+            total += 2 * params * tokens + attention
+        else:
+            total += (6 if trainable else 4) * params * tokens + 3 * attention
+    total += (6 if lowest < len(blocks) else 2) * rest * tokens
+    total += (head_cost if head.requires_grad or lowest < len(blocks) else 2) * head.numel() * rows * K
+    total += 6 * value_head_params * rows * gen_len
+    if separate_critic:  # every block of the critic trains; its LM head runs forward only
+        block_params = sum(p.numel() for block in blocks for p in block.parameters())
+        total += 6 * (block_params + rest) * tokens + 3 * attention * len(blocks) + 2 * head.numel() * rows * K
     return float(total)
 
 
@@ -251,13 +249,12 @@ def run_speed_benchmark(
                 records.append(record)
             with console.status(f"fp32 matmul peak ({matmul_size}², {n_threads} threads)"):
                 peak, _ = matmul_peak(matmul_size)
-            shape = model_shape(trainer.policy.model, trainer.policy.is_seq2seq)
             keeps_logits = getattr(trainer.policy.model, "_supports_logits_to_keep", lambda: False)()
             value_head = trainer.policy.value_head
             value_params = sum(p.numel() for p in value_head.parameters()) if value_head is not None else 0
             flops = [
                 update_flops(
-                    shape,
+                    trainer.policy.model,
                     u["rows"],
                     u["prompt_len"],
                     u["gen_len"],
@@ -265,7 +262,6 @@ def run_speed_benchmark(
                     head_positions=u["gen_len"] + 1 if keeps_logits else None,
                     value_head_params=value_params,
                     separate_critic=trainer.policy.critic is not None,
-                    head_trainable=trainer.policy.model.get_output_embeddings().weight.requires_grad,
                 )
                 for u in trainer.update_log
             ]

@@ -33,12 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lmgym.data.rows import DatasetError, read_rows
 from lmgym.data.sample import Sample
 from lmgym.errors import InputError
-from lmgym.rewards.base import Reward, RewardError, check_scores, frozen
+from lmgym.rewards.base import Reward, check_scores
+from lmgym.rewards.lexicon import NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS
 
 
 @dataclass(frozen=True)
@@ -286,31 +285,6 @@ def score_texts(
 
 # --- a hidden rule that ranks responses -----------------------------------------------------------
 
-POSITIVE_WORDS = ("good", "great", "love", "wonderful", "excellent", "beautiful", "best", "fun", "brilliant", "amazing")
-NEGATIVE_WORDS = ("bad", "awful", "boring", "terrible", "worst", "hate", "dull", "poor", "weak", "mess")
-NEUTRAL_WORDS = (
-    "the", "a", "movie", "film", "story", "plot", "actor", "scene", "music", "ending", "cast", "it", "was", "is",
-    "and", "very", "really", "quite", "time", "night",
-)  # fmt: skip
-
-
-class LexiconRule(Reward):
-    """A hidden scoring rule standing in for a human rater: the mean weight of the response's words
-    (lower-cased, split on spaces; unknown words weigh 0). Default weights: +1 for a positive word,
-    −1 for a negative one."""
-
-    name = "lexicon_rule"
-
-    def __init__(self, weights: dict[str, float] | None = None) -> None:
-        self.weights = weights or {**dict.fromkeys(POSITIVE_WORDS, 1.0), **dict.fromkeys(NEGATIVE_WORDS, -1.0)}
-
-    def text_score(self, text: str) -> float:
-        words = text.lower().split()
-        return sum(self.weights.get(w.strip(".,!?"), 0.0) for w in words) / max(len(words), 1)
-
-    def score(self, prompts, generations, references, meta) -> list[float]:
-        return [self.text_score(t) for t in generations]
-
 
 def random_responses(
     rng: random.Random, n: int, vocabulary: Sequence[str], min_words: int, max_words: int
@@ -395,53 +369,6 @@ def hidden_rule_comparisons(
         c = rank_by_rule(cid, sample.prompt, responses, scores[n * k : (n + 1) * k], ranked, noise, rng)
         if c is not None:
             out.append(c)
-    return out
-
-
-# --- logged generations of a policy ------------------------------------------------------------------
-
-
-@torch.no_grad()
-def log_generations(
-    policy,
-    reward: Reward,
-    samples: Sequence[Sample],
-    generation,
-    max_prompt_tokens: int,
-    per_prompt: int = 1,
-    batch_size: int = 32,
-    seed: int = 0,
-    logits_processor=None,
-) -> list[ScoredText]:
-    """Sample ``per_prompt`` completions of each prompt from ``policy`` (a `Policy`) and score them with
-    ``reward``: behaviour data for offline RL, or candidates to rank. The exact generated tokens are kept;
-    per-token rewards stay per token."""
-    from lmgym.algos.rollout import compute_task_rewards, tokenize_prompts
-
-    tok = policy.tokenizer
-    expanded = [s for s in samples for _ in range(per_prompt)]
-    out: list[ScoredText] = []
-    with torch.random.fork_rng(devices=[]), frozen(reward):  # the reward's own scale; running statistics stay
-        torch.manual_seed(seed)
-        for start in range(0, len(expanded), batch_size):
-            chunk = expanded[start : start + batch_size]
-            prompt_ids, prompt_mask, _ = tokenize_prompts(tok, [s.prompt for s in chunk], max_prompt_tokens)
-            gen_ids, gen_mask = policy.generate(prompt_ids, prompt_mask, generation, logits_processor)
-            texts = tok.batch_decode(gen_ids * gen_mask + tok.pad_token_id * (1 - gen_mask), skip_special_tokens=True)
-            try:
-                rewards = compute_task_rewards(reward, chunk, texts, gen_ids, gen_mask, tok)
-            except RewardError as err:
-                raise RewardError(f"scoring logged generations: {err}", err.index) from None
-            for i, sample in enumerate(chunk):
-                n = int(gen_mask[i].sum())
-                ids = tuple(gen_ids[i, :n].tolist())
-                row = rewards[i, :n].tolist()
-                n_done = start + i
-                sid = f"{sample.id}/{n_done % per_prompt}"
-                if reward.per_token:
-                    out.append(ScoredText(sid, sample.prompt, texts[i], None, tuple(row), ids))
-                else:
-                    out.append(ScoredText(sid, sample.prompt, texts[i], float(sum(row)), None, ids))
     return out
 
 

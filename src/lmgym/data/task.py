@@ -1,20 +1,21 @@
-"""Task definition and registry.
+"""Task definition and the decorator that registers a task factory.
 
 A task bundles train/val/test splits of `Sample`s, a default reward, the metrics
-reported at evaluation, and the generation settings that suit it.
+reported at evaluation, and the generation settings that suit it. `lmgym.data.registry`
+imports the built-in tasks and looks tasks up by name.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lmgym.data.sample import Sample
-from lmgym.errors import InputError, LmgymError, NotFoundError, UserCodeError
+from lmgym.errors import InputError, NotFoundError
 
 SPLITS = ("train", "val", "test")
+DEFAULT_MAX_NEW_TOKENS = 32  # a task that states no horizon
 
 
 @dataclass
@@ -33,6 +34,10 @@ class Task:
             if not self.splits.get(split):
                 raise InputError(f"task {self.name!r}: split {split!r} is empty")
 
+    def horizon(self, configured: int | None = None) -> int:
+        """Generated tokens per episode: ``generation.max_new_tokens`` when the config sets it, else the task's."""
+        return configured or int(self.generation.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+
     def split(self, name: str) -> list[Sample]:
         if name not in self.splits:
             raise NotFoundError(f"task {self.name!r} has no split {name!r}; it has {sorted(self.splits)}")
@@ -50,44 +55,3 @@ def register_task(name: str, description: str = "") -> Callable[[Callable[..., T
         return factory
 
     return wrap
-
-
-def _ensure_builtin_tasks() -> None:
-    # Importing the modules runs their @register_task decorators.
-    # The GRUE tasks among them (imdb ... wmt16) each have a hub loader and an offline generator.
-    from lmgym.data.tasks import (  # noqa: F401
-        cnn_dailymail,
-        commongen,
-        dailydialog,
-        dataset,
-        imdb,
-        iwslt2017,
-        narrativeqa,
-        sentiment,
-        totto,
-        toy,
-        wmt16,
-    )
-
-
-def available_tasks() -> dict[str, str]:
-    _ensure_builtin_tasks()
-    return dict(sorted(_DESCRIPTIONS.items()))
-
-
-def load_task(name: str, **options: Any) -> Task:
-    _ensure_builtin_tasks()
-    if name not in _REGISTRY:
-        raise NotFoundError(f"unknown task {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    factory = _REGISTRY[name]
-    try:
-        inspect.signature(factory).bind(**options)
-    except TypeError as err:
-        accepted = ", ".join(inspect.signature(factory).parameters) or "none"
-        raise InputError(f"task_args for task {name!r}: {err} (it accepts: {accepted})") from None
-    try:
-        return factory(**options)
-    except LmgymError:
-        raise
-    except Exception as err:  # a user's task factory, or a library it calls
-        raise UserCodeError(f"task {name!r}", err) from err

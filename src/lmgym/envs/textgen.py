@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from lmgym.algos.rollout import compute_task_rewards, tokenize_prompts
-from lmgym.data.task import Task, load_task
+from lmgym.data.registry import load_task
+from lmgym.data.task import Task
 from lmgym.errors import InputError, StateError
 from lmgym.models.loading import set_truncation_side
 from lmgym.models.policy import generation_mask
 from lmgym.rewards.base import Reward, as_reward
+from lmgym.rollout.sampling import score_generations, tokenize_prompts
 
 
 class TextGenEnv(gym.Env):
@@ -47,7 +48,7 @@ class TextGenEnv(gym.Env):
         self.reward = as_reward(reward) if reward is not None else self.task.reward
         self.samples = self.task.split(split)
         self.max_prompt_tokens = max_prompt_tokens
-        self.max_new_tokens = max_new_tokens or int(self.task.generation.get("max_new_tokens", 32))
+        self.max_new_tokens = self.task.horizon(max_new_tokens)
         self.render_mode = render_mode
         vocab = len(tokenizer)
         length = max_prompt_tokens + self.max_new_tokens
@@ -101,7 +102,7 @@ class TextGenEnv(gym.Env):
     def _rewards(self) -> torch.Tensor:
         gen_ids = torch.tensor([self._generated], dtype=torch.long)
         gen_mask = generation_mask(gen_ids, list(self._eos_ids), self.tokenizer.pad_token_id)
-        return compute_task_rewards(
+        return score_generations(
             self.reward, [self._sample], [self._generation_text()], gen_ids, gen_mask, self.tokenizer
         )[0]
 

@@ -169,26 +169,18 @@ def sampled_pairs(run: Path, k: int, seed: int, cache: Path) -> list[Item]:
 
 def _sample_final_policy(run: Path, prompts: list[tuple[str, str]], k: int, seed: int) -> list[list[str]]:
     """``k`` sampled completions of each prompt from ``run``'s final policy, with the run's generation settings."""
-    from lmgym.config import load_config
-    from lmgym.data.preferences import log_generations
+    from lmgym.data.registry import load_task
     from lmgym.data.sample import Sample
-    from lmgym.data.task import load_task
-    from lmgym.models.loading import load_model
-    from lmgym.models.policy import Policy, make_generation_config
     from lmgym.rewards.base import FunctionReward
+    from lmgym.rollout.logged import log_generations
+    from lmgym.rollout.sampling import generation_config, load_policy
+    from lmgym.tracking import RunDir
 
-    config = load_config(run / "config.yaml")
-    # As `lmgym eval`: a LoRA run with peft.merge_on_save=false leaves only final/adapter/.
-    final_dir = run / "final" if (run / "final" / "config.json").exists() else run / "final" / "adapter"
-    if not (final_dir / "config.json").exists() and not (final_dir / "adapter_config.json").exists():
-        raise MissingFileError(f"{run} has no final/ model to sample; it has not finished")
-    final = load_model(str(final_dir), config.model.dtype, config.model.trust_remote_code)
-    policy = Policy(final.model, final.tokenizer, final.is_seq2seq, value_head="none")
-    max_new = config.generation.max_new_tokens
-    if max_new is None:
-        max_new = int(load_task(config.task, **config.task_args).generation.get("max_new_tokens", 32))
-    settings = {**config.generation.hf_settings(max_new), "do_sample": True}  # a greedy run would repeat itself
-    generation = make_generation_config(final.tokenizer, **settings)
+    run_dir = RunDir(run)
+    config = run_dir.config()
+    task = load_task(config.task, **config.task_args)
+    policy = load_policy(str(run_dir.final_model()), config, task)
+    generation = generation_config(config.generation, task, policy.tokenizer, do_sample=True)  # greedy repeats itself
     unscored = FunctionReward(lambda p, g, r, m: [0.0] * len(g), name="none")
     samples = [Sample(sid, prompt) for sid, prompt in prompts]
     scored = log_generations(policy, unscored, samples, generation, config.model.max_prompt_tokens, k, seed=seed)

@@ -5,9 +5,10 @@ A metric is called like a reward, ``(prompts, generations, references, meta)``, 
 sample (``None`` for corpus-only measures such as MAUVE or distinct-n), and the corpus score. One
 metric may report several names (ROUGE reports rouge-1, rouge-2, rouge-L, ...).
 
-Every registered metric is usable as a reward through `MetricReward` (a per-sample value of one of
-its names), and every reward is usable as a metric through `RewardMetric` (its per-sample scores and
-their mean).
+Every registered metric is usable as a reward through `lmgym.rewards.metric.MetricReward` (a per-sample
+value of one of its names), and every reward as a metric through `RewardMetric`; the adapters live with
+the rewards, so that metrics never import rewards. `lmgym.rewards.catalog` fills the registry with the
+built-ins and looks metrics up (`load_metric`, `metric_infos`).
 
 Metrics that need something this machine may lack (a package, a model path, Java, WordNet) say so
 in ``requires`` and report it from ``missing()``; calling one whose requirement is missing raises
@@ -20,8 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lmgym.errors import InputError, LmgymError, NotFoundError
-from lmgym.rewards.base import Reward
+from lmgym.errors import InputError, LmgymError
 
 
 class MissingRequirement(LmgymError, RuntimeError):
@@ -89,76 +89,3 @@ def register_metric(
         return factory
 
     return wrap
-
-
-def _ensure_builtin_metrics() -> None:
-    # Importing the modules runs their @register_metric decorators.
-    import lmgym.metrics.builtin  # noqa: F401
-
-
-def metric_infos() -> dict[str, MetricInfo]:
-    _ensure_builtin_metrics()
-    return dict(sorted(_METRICS.items()))
-
-
-def load_metric(name: str, **options: Any) -> Metric:
-    infos = metric_infos()
-    if name not in infos:
-        from difflib import get_close_matches
-
-        near = get_close_matches(name, infos, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise NotFoundError(f"unknown metric {name!r}{hint} (`lmgym metrics` lists them)")
-    return infos[name].factory(**options)
-
-
-class MetricReward(Reward):
-    """One per-sample value of a metric, as a sequence-level reward."""
-
-    def __init__(self, metric: Metric, key: str | None = None) -> None:
-        self.metric = metric
-        self.key = key
-        self.name = key or metric.name
-
-    def score(self, prompts, generations, references, meta) -> list[float]:
-        result = self.metric(prompts, generations, references, meta)
-        key = self.key or (self.metric.name if self.metric.name in result else next(iter(result)))
-        if key not in result:
-            raise NotFoundError(f"metric {self.metric.name!r} reports {sorted(result)}, not {key!r}")
-        if result[key].per_sample is None:
-            raise InputError(f"metric {key!r} is corpus-level only; it has no per-sample value to use as a reward")
-        return list(result[key].per_sample)
-
-
-class RewardMetric(Metric):
-    """A reward reported as a metric: its per-sample scores (summed over tokens if per-token) and their mean."""
-
-    def __init__(self, reward: Reward, name: str | None = None) -> None:
-        self.reward = reward
-        self.name = name or getattr(reward, "name", "reward")
-
-    def compute(self, prompts, generations, references, meta) -> MetricResult:
-        scores = self.reward(prompts, generations, references, meta)
-        per_sample = [float(sum(s)) if isinstance(s, (list, tuple)) else float(s) for s in scores]
-        corpus = sum(per_sample) / len(per_sample) if per_sample else float("nan")
-        return {self.name: MetricValue(per_sample, corpus)}
-
-
-def availability(info: MetricInfo) -> tuple[bool, str]:
-    """Whether the metric can run here with its default options, and if not, what to supply.
-
-    Metrics whose options have no defaults (a classifier path, a reward model folder) are reported as
-    needing them."""
-    try:
-        metric = info.factory()
-    except TypeError:
-        return False, f"needs options: {info.requires or 'see its documentation'}"
-    except Exception as err:  # a default that cannot be built here (a missing bundled model, ...)
-        return False, str(err)
-    problem = metric.missing()
-    return (problem is None), (problem or "")
-
-
-def requirement(info: MetricInfo) -> str:
-    """What the metric needs, from its registration or its class."""
-    return info.requires or str(getattr(info.factory, "requires", "") or "")

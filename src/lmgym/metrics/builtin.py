@@ -1,12 +1,11 @@
-"""Imports every module that registers built-in metrics (their @register_metric decorators run on import)."""
+"""Imports every metric module of this package (their @register_metric decorators run on import).
+`lmgym.rewards.catalog` imports this, and the rewards that are metrics too."""
 
 from lmgym.metrics import (  # noqa: F401
     diversity,
     fluency,
-    learned,
     model_based,
     ngram,
     summac,
     task_specific,
 )
-from lmgym.rewards import r3  # noqa: F401

@@ -154,12 +154,12 @@ class IntentAccuracy(Metric):
         self._model = None
 
     def predict(self, prompts: Sequence[str], generations: Sequence[str]) -> list[str]:
-        from lmgym.rewards.classifier import SequenceClassifier
+        from lmgym.models.classifiers import SequenceClassifier
 
         if self._model is None:
             self._model = SequenceClassifier(self.classifier, batch_size=self.batch_size)  # type: ignore[arg-type]
         texts = [f"{p} {g}" if self.include_prompt else g for p, g in zip(prompts, generations, strict=True)]
-        return self._model.predict_labels(texts)
+        return self._model.predict(texts)
 
     def compute(self, prompts, generations, references, meta) -> MetricResult:
         check_lengths(self.name, generations, prompts, meta)

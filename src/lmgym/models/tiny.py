@@ -1,16 +1,17 @@
 """Tiny randomly initialised models for smoke tests and unit tests.
 
 ``tiny`` is a two-layer Llama, ``tiny-seq2seq`` a two-layer T5; both share a small
-byte-level BPE tokenizer trained on the spot on a fixed corpus, so they need no
-download and are identical on every machine (seeded initialisation).
+byte-level BPE tokenizer shipped with lmgym (models/data/tiny_tokenizer.json), so they
+need no download and are identical on every machine (seeded initialisation).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -22,137 +23,15 @@ from transformers import (
 
 TINY_VOCAB = 512
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]
-
-_WORDS = (
-    "the",
-    "a",
-    "an",
-    "and",
-    "or",
-    "but",
-    "of",
-    "to",
-    "in",
-    "on",
-    "at",
-    "for",
-    "with",
-    "from",
-    "by",
-    "is",
-    "was",
-    "are",
-    "were",
-    "be",
-    "been",
-    "it",
-    "this",
-    "that",
-    "these",
-    "movie",
-    "film",
-    "story",
-    "plot",
-    "actor",
-    "actress",
-    "director",
-    "scene",
-    "scenes",
-    "character",
-    "characters",
-    "cast",
-    "music",
-    "ending",
-    "good",
-    "great",
-    "love",
-    "loved",
-    "wonderful",
-    "excellent",
-    "beautiful",
-    "best",
-    "fun",
-    "enjoyed",
-    "brilliant",
-    "amazing",
-    "happy",
-    "bad",
-    "awful",
-    "boring",
-    "terrible",
-    "worst",
-    "hate",
-    "hated",
-    "dull",
-    "poor",
-    "weak",
-    "sad",
-    "slow",
-    "mess",
-    "i",
-    "you",
-    "he",
-    "she",
-    "we",
-    "they",
-    "me",
-    "my",
-    "his",
-    "her",
-    "our",
-    "their",
-    "very",
-    "really",
-    "quite",
-    "too",
-    "so",
-    "not",
-    "no",
-    "yes",
-    "first",
-    "second",
-    "last",
-    "new",
-    "old",
-    "long",
-    "short",
-    "little",
-    "big",
-    "small",
-    "time",
-    "year",
-    "day",
-    "night",
-    "world",
-    "life",
-    "people",
-    "man",
-    "woman",
-)
-
-
-def _corpus() -> list[str]:
-    from lmgym.data.tasks.sentiment import build_prompts
-
-    lines = build_prompts(seed=1234, n=400)
-    # Repeated so that the most frequent of these words become single tokens.
-    lines += [" " + " ".join(_WORDS[i : i + 12]) for i in range(0, len(_WORDS), 6)] * 30
-    return lines
+# A byte-level BPE of TINY_VOCAB tokens (SPECIAL_TOKENS first), trained once on ~400 short movie-review
+# sentences and a list of common words, and kept as a file: building a tiny model needs no corpus, no task
+# and no training, and the tokenizer is the same everywhere.
+TOKENIZER_FILE = Path(__file__).with_name("data") / "tiny_tokenizer.json"
 
 
 @lru_cache(maxsize=1)
 def _tokenizer_json() -> str:
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    return tok.to_str()
+    return TOKENIZER_FILE.read_text(encoding="utf-8")
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:

@@ -76,7 +76,8 @@ def named_reward(
     try:
         if name in REWARD_CLASSES:
             return REWARD_CLASSES[name](**args)
-        from lmgym.metrics.base import MetricReward, load_metric
+        from lmgym.rewards.catalog import load_metric
+        from lmgym.rewards.metric import MetricReward
 
         return MetricReward(load_metric(name, **args), key)
     except TypeError as err:  # a wrong or missing option

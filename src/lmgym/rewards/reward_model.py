@@ -1,12 +1,13 @@
 """A trained reward model (`lmgym rm train`) as a reward.
 
 In a config: ``reward: {name: runs/my-rm}`` (a reward model folder) or ``reward: {name: reward_model, args:
-{path: runs/my-rm}}``; it is also the metric ``reward_model`` (lmgym.metrics.learned)."""
+{path: runs/my-rm}}``; it is also the metric ``reward_model`` (lmgym.rewards.learned)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from lmgym.models.reward_model import load_reward_model
 from lmgym.rewards.base import Reward
 
 
@@ -17,8 +18,6 @@ class RewardModelReward(Reward):
     of loading another copy."""
 
     def __init__(self, path: str | Path, batch_size: int = 32, model=None) -> None:
-        from lmgym.algos.rm import load_reward_model
-
         self.path = Path(path)
         if model is None:
             model, self.meta = load_reward_model(self.path)

@@ -128,7 +128,8 @@ def metric_reward(metric: str, key: str | None = None, scale: float = 1.0, offse
     ``scale``/``offset`` turn an error rate into a reward (1 − TER: ``scale=-1, offset=1``)."""
 
     def build() -> Reward:
-        from lmgym.metrics.base import MetricReward, load_metric
+        from lmgym.rewards.catalog import load_metric
+        from lmgym.rewards.metric import MetricReward
 
         inner = MetricReward(load_metric(metric, **options), key)
         return inner if (scale, offset) == (1.0, 0.0) else Affine(inner, scale, offset)

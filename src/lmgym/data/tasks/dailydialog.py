@@ -11,18 +11,18 @@ from per-topic utterance pools with slots, in the hub's row format.
 
 Reward (GRUE): the probability, under an intent classifier, that the generated turn has the
 reference turn's intent, blended with METEOR: ``intent_weight · P(intent) + (1 − intent_weight) ·
-METEOR``. The intent classifier is trained here on the offline dialogues (see `classifiers.py`).
+METEOR``. The intent classifier is trained here on the offline dialogues (see `intent_classifier`).
 """
 
 from __future__ import annotations
 
 import random
+from functools import lru_cache
 from typing import Any
 
 from lmgym.data.hub import DataFormatError, HubSpec, get_field, load_rows
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task, register_task
-from lmgym.data.tasks.classifiers import INTENT_LABELS
 from lmgym.data.tasks.common import (
     HUB_SPLITS,
     LazyReward,
@@ -33,7 +33,10 @@ from lmgym.data.tasks.common import (
     to_samples,
 )
 from lmgym.errors import InputError
+from lmgym.models.classifiers import EmbeddingClassifier, cached_classifier
 from lmgym.rewards.base import Reward
+
+INTENT_LABELS = ("inform", "question", "directive", "commissive")  # DailyDialog's dialogue acts 1-4
 
 HUB = HubSpec("li2017dailydialog/daily_dialog", None, ("train", "validation", "test"), ("dialog", "act"))
 OFFLINE_DIALOGUES = (300, 40, 40)  # dialogues per split; each gives 3-7 samples
@@ -199,15 +202,33 @@ def _convert(row: dict[str, Any], origin: str, index: int) -> list[Sample]:
     return samples
 
 
+@lru_cache(maxsize=1)
+def intent_classifier(n_dialogues: int = 300, seed: int = 12_345) -> EmbeddingClassifier:
+    """The dialogue act of one utterance, fit on the turns of offline DailyDialog dialogues."""
+
+    def data() -> tuple[list[str], list[str]]:
+        texts, labels = [], []
+        for row in offline_rows(seed, n_dialogues, 0, 0)["train"]:
+            for utterance, act in zip(row["dialog"], row["act"], strict=True):
+                texts.append(utterance)
+                labels.append(INTENT_LABELS[act - 1])
+        # Deduplicate (templates repeat) so the hash and the fit see each distinct text once.
+        pairs = sorted(set(zip(texts, labels, strict=True)))
+        random.Random(seed).shuffle(pairs)
+        return [t for t, _ in pairs], [y for _, y in pairs]
+
+    return cached_classifier("dailydialog-intent", data, INTENT_LABELS)
+
+
 def dailydialog_reward(intent_weight: float) -> Reward:
     """intent_weight · P(reference intent | generation) + (1 − intent_weight) · METEOR."""
     if not 0 <= intent_weight <= 1:
         raise InputError(f"task_args.intent_weight must be in [0, 1], got {intent_weight}")
 
     def build() -> Reward:
-        from lmgym.data.tasks.classifiers import ProbabilityReward, intent_classifier
+        from lmgym.rewards.classifier import ClassifierReward
 
-        intent = ProbabilityReward(intent_classifier(), "meta:intent", "intent")
+        intent = ClassifierReward(intent_classifier(), "meta:intent", name="intent")
         parts = [(intent_weight, intent)]
         if intent_weight < 1:
             parts.append((1 - intent_weight, metric_reward("meteor")))
@@ -219,8 +240,6 @@ def dailydialog_reward(intent_weight: float) -> Reward:
 def annotate_predicted_intent(generations: list[str], meta: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``meta`` with ``predicted_intent`` (the intent classifier's label of each generation) for the
     ``intent_accuracy`` metric."""
-    from lmgym.data.tasks.classifiers import intent_classifier
-
     predicted = intent_classifier().predict(generations)
     return [{**m, "predicted_intent": p} for m, p in zip(meta, predicted, strict=True)]
 

@@ -10,13 +10,14 @@ here), positive or negative with an occasional sentence of the other polarity, c
 
 Reward: the probability that the review (prompt + continuation, as in GRUE) is positive, from
 ``classifier``: ``trained`` (a logistic head on the bundled sentence encoder, trained on this task's
-offline reviews; see `classifiers.py`), ``vader`` (VADER's compound score mapped to [0, 1]) or a
+offline reviews; see `sentiment_classifier`), ``vader`` (VADER's compound score mapped to [0, 1]) or a
 local/hub sequence-classification model (GRUE used ``lvwerra/distilbert-imdb``, label 1).
 """
 
 from __future__ import annotations
 
 import random
+from functools import lru_cache
 from typing import Any
 
 from lmgym.data.hub import HubSpec, get_field, load_rows
@@ -24,6 +25,7 @@ from lmgym.data.sample import Sample
 from lmgym.data.task import Task, register_task
 from lmgym.data.tasks import sentiment as pieces
 from lmgym.data.tasks.common import Affine, LazyReward, build_task, carve, resolve_sizes, take
+from lmgym.models.classifiers import EmbeddingClassifier, cached_classifier
 from lmgym.rewards.base import Reward
 
 HUB = HubSpec("stanfordnlp/imdb", None, ("train", "test"), ("text", "label"))
@@ -203,14 +205,14 @@ def sentiment_reward(classifier: str) -> Reward:
     if classifier == "trained":
 
         def build_trained() -> Reward:
-            from lmgym.data.tasks.classifiers import ProbabilityReward, sentiment_classifier
+            from lmgym.rewards.classifier import ClassifierReward
 
-            return ProbabilityReward(sentiment_classifier(), POSITIVE, "sentiment", include_prompt=True)
+            return ClassifierReward(sentiment_classifier(), POSITIVE, True, separator=" ", name="sentiment")
 
         return LazyReward("sentiment", build_trained)
 
     def build_model() -> Reward:
-        from lmgym.rewards.classifier import ClassifierReward  # helper module with hub/local classifiers
+        from lmgym.rewards.classifier import ClassifierReward
 
         return ClassifierReward(classifier, label=POSITIVE, include_prompt=True)
 
@@ -259,3 +261,20 @@ def imdb_task(
         METRICS,
         MAX_NEW_TOKENS,
     )
+
+
+SENTIMENT_LABELS = ("negative", "positive")  # index = the IMDB label (0 negative, 1 positive)
+
+
+@lru_cache(maxsize=1)
+def sentiment_classifier(n_reviews: int = 240, seed: int = 12_345) -> EmbeddingClassifier:
+    """Positive vs negative, fit on offline IMDB reviews (whole reviews and their second halves, since
+    the reward reads prompt + continuation while a continuation alone must also read as positive)."""
+
+    def data() -> tuple[list[str], list[str]]:
+        rows = offline_rows(seed, n_reviews, 0)["train"]
+        texts = [r["text"] for r in rows] + [review_halves(r["text"])[1] for r in rows]
+        labels = [SENTIMENT_LABELS[r["label"]] for r in rows] * 2
+        return texts, labels
+
+    return cached_classifier("imdb-sentiment", data, SENTIMENT_LABELS)

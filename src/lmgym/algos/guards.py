@@ -17,18 +17,10 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from lmgym.data.sample import Sample
-from lmgym.errors import LmgymError
-
-
-class TrainingError(LmgymError, RuntimeError):
-    """Training cannot go on (non-finite loss, exploding KL, bad reward); the message names where."""
 
 
 @dataclass
@@ -82,18 +74,6 @@ def restore_snapshot(
         module.load_state_dict(snapshot.modules[name])
 
 
-def describe_sample(sample: Sample, generation: str | None = None, limit: int = 160) -> str:
-    """One line that lets a user find the sample: its id, prompt and generation (shortened)."""
-
-    def short(text: str) -> str:
-        return text if len(text) <= limit else text[: limit - 1] + "…"
-
-    out = f"sample {sample.id!r} (prompt {short(sample.prompt)!r}"
-    if generation is not None:
-        out += f", generation {short(generation)!r}"
-    return out + ")"
-
-
 def non_finite_rows(*tensors: torch.Tensor | None) -> list[int]:
     """Rows (dim 0) where any of the tensors holds a NaN or an infinity."""
     bad: set[int] = set()
@@ -102,9 +82,3 @@ def non_finite_rows(*tensors: torch.Tensor | None) -> list[int]:
             rows = (~torch.isfinite(tensor.detach())).reshape(tensor.shape[0], -1).any(-1)
             bad.update(torch.nonzero(rows).flatten().tolist())
     return sorted(bad)
-
-
-def describe_rows(samples: Sequence[Sample], generations: Sequence[str], rows: Sequence[int], most: int = 3) -> str:
-    described = "; ".join(describe_sample(samples[i], generations[i]) for i in rows[:most])
-    more = f" and {len(rows) - most} more" if len(rows) > most else ""
-    return described + more

@@ -1,4 +1,6 @@
-"""Batched rollout: generate, score in one pass per model, and compute rewards."""
+"""The training rollout: generate a batch (keeping generation's own logits and hidden states, so the behaviour
+policy's log-probs, entropies and values cost no second forward pass), score the tokens under the frozen
+reference in one forward pass, and compute the task rewards."""
 
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
 from lmgym.data.sample import Sample
-from lmgym.errors import InputError, LmgymError, UserCodeError
-from lmgym.guards import describe_sample
+from lmgym.errors import InputError
 from lmgym.models.policy import Policy, ReferenceModel, TokenBatch
-from lmgym.rewards.base import Reward, RewardError, check_scores
+from lmgym.rewards.base import Reward
+from lmgym.rollout.sampling import decode, score_generations, tokenize_prompts
 
 
 @dataclass
@@ -63,53 +65,6 @@ def check_generation_backend(backend: str, device: torch.device) -> None:
     )
 
 
-def tokenize_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Pad and truncate prompts; returns ids, mask and how many were truncated."""
-    full = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    n_truncated = sum(len(ids) > max_prompt_tokens for ids in full)
-    enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_prompt_tokens, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"], n_truncated
-
-
-def compute_task_rewards(
-    reward: Reward,
-    samples: list[Sample],
-    generations: list[str],
-    gen_ids: torch.Tensor,
-    gen_mask: torch.Tensor,
-    tokenizer,
-) -> torch.Tensor:
-    """The task reward as a [B, G] tensor: per token, or the sequence score on the last token."""
-    lengths = gen_mask.sum(-1).tolist()
-    rows = [row[:n] for row, n in zip(gen_ids.tolist(), lengths, strict=True)]  # one device-to-host copy
-    # Every generated token's text in one batched call to the tokenizer, then cut back into rows.
-    pieces = iter(tokenizer.batch_decode([[t] for row in rows for t in row]))
-    meta = [
-        {**sample.meta, "gen_token_ids": ids, "gen_tokens": [next(pieces) for _ in ids]}
-        for sample, ids in zip(samples, rows, strict=True)
-    ]
-    name = getattr(reward, "name", type(reward).__name__)
-    try:
-        raw = reward([s.prompt for s in samples], generations, [list(s.references) for s in samples], meta)
-    except LmgymError:
-        raise
-    except Exception as err:  # the reward's own bug (or a library it calls): name it and the user's line
-        raise UserCodeError(f"reward {name!r}", err) from err
-    try:
-        scores = check_scores(reward, raw, lengths)
-    except RewardError as err:
-        if err.index is None:
-            raise
-        raise RewardError(f"{err}: {describe_sample(samples[err.index], generations[err.index])}", err.index) from None
-    out = torch.zeros(gen_ids.shape, dtype=torch.float32)  # filled on the host, then moved in one copy
-    for i, row in enumerate(scores):
-        if reward.per_token:
-            out[i, : lengths[i]] = torch.tensor(row, dtype=torch.float32)
-        else:
-            out[i, lengths[i] - 1] = row
-    return out.to(gen_ids.device)
-
-
 @torch.no_grad()
 def collect_rollout(
     policy: Policy,
@@ -154,8 +109,8 @@ def collect_rollout(
     seconds["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    generations = tok.batch_decode(gen_ids * gen_mask + tok.pad_token_id * (1 - gen_mask), skip_special_tokens=True)
-    task_rewards = compute_task_rewards(reward, samples, generations, gen_ids, gen_mask, tok)
+    generations = decode(tok, gen_ids, gen_mask)
+    task_rewards = score_generations(reward, samples, generations, gen_ids, gen_mask, tok)
     seconds["reward"] = time.perf_counter() - t0
 
     mask = gen_mask.float()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lmgym.metrics.base import Metric, RewardMetric, register_metric
+from lmgym.metrics.base import Metric, register_metric
+from lmgym.rewards.metric import RewardMetric
 
 
 @register_metric(

@@ -47,8 +47,7 @@ from statistics import median
 from typing import Any
 
 import torch
-
-from lmgym.bench.memory import current_rss_mib, peak_rss_mib, reset_peak_rss
+from memory import current_rss_mib, peak_rss_mib, reset_peak_rss
 
 SIDES = ("trl-grpo", "lmgym-grpo", "lmgym-ppo")
 RESULT_KEYS = ("grpo_step_ratio", "ppo_step_ratio", "time_to_reward_ratio", "update_peak_fraction", "memory_ratio")
@@ -117,7 +116,7 @@ class Settings:
         return self.completions // self.micro_batch
 
     def cli_args(self) -> list[str]:
-        """These settings as command-line flags of ``python -m lmgym.bench.vs_trl``."""
+        """These settings as command-line flags of ``python benchmarks/trl_sides.py``."""
         out: list[str] = []
         for f in fields(self):
             value = getattr(self, f.name)
@@ -134,8 +133,8 @@ class Settings:
 
 def prompt_schedule(settings: Settings, k: int) -> list[list[str]]:
     """The prompts of each step, as lmgym's on-policy loop draws them (``completions / k`` per step)."""
-    from lmgym.algos.onpolicy import prompt_indices
-    from lmgym.data.task import load_task
+    from lmgym.algos.trainer import prompt_indices
+    from lmgym.data.registry import load_task
 
     train = load_task("sentiment").split("train")
     per_step = settings.completions // k
@@ -146,61 +145,6 @@ def prompt_schedule(settings: Settings, k: int) -> list[list[str]]:
 
 
 # --- FLOPs of the update with frozen blocks -------------------------------------------------------------------
-
-
-def _attn_width(model: torch.nn.Module) -> int:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    heads = cfg.num_attention_heads
-    return heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-
-
-def update_flops(
-    model: torch.nn.Module,
-    rows: int,
-    prompt_len: int,
-    gen_len: int,
-    head_positions: int,
-    value_head_params: int = 0,
-    skipped_blocks: int = 0,
-) -> float:
-    """Matmul FLOPs of forward + backward of a causal LM over ``rows`` sequences of prompt_len + gen_len tokens,
-    counting what actually runs when only some blocks train.
-
-    A weight applied to T tokens costs 2·T per parameter forward, 2·T for the input gradient and 2·T for its
-    own gradient. Blocks below the lowest trainable one run forward only (no gradient flows there); blocks
-    from it up need input gradients, and weight gradients where they train. Attention's S×S matmuls cost
-    4·S²·width per row and layer forward and twice that backward. The LM head is applied at
-    ``head_positions`` positions per row (logits_to_keep); the value head, trained, at gen_len. The bottom
-    ``skipped_blocks`` do not run at all when the pass starts from states kept during generation
-    (models/trunk.py); the sequence is then one token shorter (the last is never scored).
-    (bench/speed.py's estimate is the all-trainable case of this one.)
-    """
-    from lmgym.models.policy import transformer_blocks
-
-    S = prompt_len + gen_len
-    tokens = rows * S
-    blocks = [block for stack in transformer_blocks(model) for block in stack]
-    trains = [any(p.requires_grad for p in block.parameters()) for block in blocks]
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    lowest = 0 if embedding.requires_grad else next((i for i, t in enumerate(trains) if t), len(blocks))
-    attention = 4 * S * S * _attn_width(model) * rows
-    total = 0.0
-    for i, (block, trainable) in enumerate(zip(blocks, trains, strict=True)):
-        params = sum(p.numel() for p in block.parameters())
-        if i < skipped_blocks:
-            continue
-        if i < lowest:
-            total += 2 * params * tokens + attention
-        else:
-            total += (6 if trainable else 4) * params * tokens + 3 * attention
-    in_blocks = {id(p) for block in blocks for p in block.parameters()} | {id(embedding), id(head)}
-    rest = sum(p.numel() for p in model.parameters() if id(p) not in in_blocks)  # final norm etc.
-    total += (6 if lowest < len(blocks) else 2) * rest * tokens
-    head_cost = 6 if head.requires_grad else (4 if lowest < len(blocks) else 2)
-    total += head_cost * head.numel() * rows * head_positions
-    total += 6 * value_head_params * rows * gen_len
-    return float(total)
 
 
 # --- the lmgym sides ------------------------------------------------------------------------------------------
@@ -332,7 +276,7 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
     from rich.console import Console
 
     from lmgym.algos import get_trainer
-    from lmgym.bench.speed import matmul_peak
+    from lmgym.bench.speed import matmul_peak, update_flops
     from lmgym.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="lmgym-vs-trl-") as run_dir:
@@ -462,7 +406,7 @@ def run_trl_side(settings: Settings, gate: Gate | None = None) -> dict[str, Any]
     from transformers import AutoModelForCausalLM, TrainerCallback
 
     from lmgym.bench.speed import matmul_peak
-    from lmgym.data.task import load_task
+    from lmgym.data.registry import load_task
     from lmgym.models.loading import load_tokenizer
     from lmgym.models.policy import freeze
 
@@ -569,7 +513,7 @@ def run_side(settings: Settings, side: str, gate: Gate | None = None) -> dict[st
 
 def side_command(settings: Settings, side: str, out: str | None = None) -> list[str]:
     """The command line that runs one side on its own (the comparison adds --gate to take turns)."""
-    cmd = [sys.executable, "-m", "lmgym.bench.vs_trl", "--side", side, *settings.cli_args()]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, *settings.cli_args()]
     return [*cmd, "--out", out] if out else cmd
 
 
@@ -762,7 +706,7 @@ def settings_from_argv(argv: list[str] | None = None) -> tuple[Settings, Any]:
 def _child_main(argv: list[str] | None = None) -> None:
     settings, args = settings_from_argv(argv)
     if args.side is None:
-        raise SystemExit("python -m lmgym.bench.vs_trl runs one side: give --side (benchmarks/vs_trl.py compares)")
+        raise SystemExit("benchmarks/trl_sides.py runs one side: give --side (benchmarks/vs_trl.py compares)")
     result = {"settings": asdict(settings), **run_side(settings, args.side, Gate(args.gate))}
     text = json.dumps(result)
     if args.out:
