@@ -46,6 +46,12 @@ class ModelConfig(Section):
         description="a prompt over max_prompt_tokens: 'truncate' cuts it at truncation_side (the count is logged "
         "each iteration); 'error' stops before training and names the first such sample",
     )
+    chat_template: str = Field(
+        "auto",
+        description="chat prompts (lists of {role, content} messages): 'auto' renders them with the tokenizer's "
+        "chat template, 'none' refuses them, or the path of a .jinja file to use instead; generation then also "
+        "stops at the template's end-of-turn token",
+    )
     truncation_side: Literal["auto", "left", "right"] = Field(
         "auto",
         description="which end of an over-long prompt is cut. 'auto': the task's choice (tasks whose prompts "
@@ -117,6 +123,11 @@ class GenerationSettings(Section):
 
 
 class RolloutConfig(Section):
+    chat: bool = Field(
+        False,
+        description="wrap every plain string prompt as one user message and render it with the chat template "
+        "(any task, GRUE's included; needs model.chat_template auto or a file), in training and evaluation",
+    )
     batch_size: int = Field(
         16, gt=0, description="completions per iteration (group algorithms draw batch_size / k prompts, k each)"
     )

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from lmgym.config import ConfigError, TrainConfig
 from lmgym.data.sample import Sample, describe_sample
+from lmgym.rollout.sampling import prompt_lengths
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ def check_prompt_lengths(tokenizer, samples: Sequence[Sample], config: TrainConf
     """Count the prompts of ``split`` longer than ``model.max_prompt_tokens``; with
     ``model.long_prompts: error`` the first one is an error that names it."""
     limit = config.model.max_prompt_tokens
-    lengths = [len(ids) for ids in tokenizer([s.prompt for s in samples], add_special_tokens=True)["input_ids"]]
+    lengths = prompt_lengths(tokenizer, [s.prompt for s in samples])
     too_long = [i for i, n in enumerate(lengths) if n > limit]
     if too_long and config.model.long_prompts == "error":
         first = too_long[0]

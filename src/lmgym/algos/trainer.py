@@ -49,7 +49,7 @@ from lmgym.data.sample import Sample
 from lmgym.data.task import Task
 from lmgym.distributed import Distributed, DistributedError
 from lmgym.errors import LmgymError, MissingFileError, RunExistsError, TrainingError, UserCodeError
-from lmgym.models.loading import LoadedModel, load_model, load_tokenizer, set_truncation_side
+from lmgym.models.loading import LoadedModel, load_model, load_tokenizer
 from lmgym.models.lora import add_lora, save_adapter
 from lmgym.models.policy import Policy, ReferenceModel, freeze, gradient_checkpointing, transformer_blocks
 from lmgym.preflight import check_context, check_prompt_lengths
@@ -57,7 +57,7 @@ from lmgym.rewards.base import Reward, as_reward, load_reward_state, reward_stat
 from lmgym.rewards.factory import build_reward
 from lmgym.rollout.evaluation import evaluate
 from lmgym.rollout.rollout import check_generation_backend
-from lmgym.rollout.sampling import generation_config
+from lmgym.rollout.sampling import configure_tokenizer, generation_config
 from lmgym.tracking import RunDir, run_folder
 
 
@@ -242,7 +242,7 @@ class Trainer:
         """Prompts against the token budget, with the tokenizer alone, before any weights are loaded."""
         cfg = self.config
         tokenizer = loaded.tokenizer if loaded else load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-        set_truncation_side(tokenizer, cfg.model.truncation_side, self.task.truncation_side)
+        configure_tokenizer(tokenizer, cfg, self.task)
         for split, samples in (("train", self.train_samples), (cfg.eval.split, self.eval_samples)):
             check_prompt_lengths(tokenizer, samples, cfg, split)
 
@@ -251,7 +251,7 @@ class Trainer:
         the generation settings."""
         cfg = self.config
         self.tokenizer = loaded.tokenizer
-        set_truncation_side(self.tokenizer, cfg.model.truncation_side, self.task.truncation_side)
+        configure_tokenizer(self.tokenizer, cfg, self.task)
         model = loaded.model.to(self.dist.device)
         if cfg.accelerate.gradient_checkpointing:
             gradient_checkpointing(model)

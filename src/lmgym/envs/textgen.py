@@ -23,6 +23,7 @@ from gymnasium import spaces
 from lmgym.data.registry import load_task
 from lmgym.data.task import Task
 from lmgym.errors import InputError, StateError
+from lmgym.models.chat import stop_token_ids
 from lmgym.models.loading import set_truncation_side
 from lmgym.models.policy import generation_mask
 from lmgym.rewards.base import Reward, as_reward
@@ -59,8 +60,7 @@ class TextGenEnv(gym.Env):
             }
         )
         self.action_space = spaces.Discrete(vocab)
-        eos = tokenizer.eos_token_id
-        self._eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self._eos_ids = set(stop_token_ids(tokenizer))
         self._sample = self.samples[0]
         self._prompt_ids = np.zeros(0, dtype=np.int64)
         self._generated: list[int] = []

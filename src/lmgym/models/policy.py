@@ -18,6 +18,7 @@ from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmgym.errors import InputError
+from lmgym.models.chat import stop_token_ids
 from lmgym.models.lora import adapters_disabled, is_peft_model
 from lmgym.models.prefill import prefill_distinct_prompts
 from lmgym.models.trunk import (
@@ -137,9 +138,10 @@ def make_generation_config(tokenizer: PreTrainedTokenizerBase, **settings: objec
     """A GenerationConfig from our settings only, so a checkpoint's own defaults
     (top_k=50, repetition penalties, ...) never silently change the sampling
     distribution that PPO's log-probs assume."""
+    stops = stop_token_ids(tokenizer)
     return GenerationConfig(
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stops[0] if len(stops) == 1 else stops or None,
         bos_token_id=tokenizer.bos_token_id,
         **settings,
     )
@@ -286,7 +288,7 @@ class Policy(nn.Module):
         return {"synced_gpus": True} if self.synced else {}
 
     def _mask(self, gen_ids: torch.Tensor) -> torch.Tensor:
-        return generation_mask(gen_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        return generation_mask(gen_ids, stop_token_ids(self.tokenizer), self.tokenizer.pad_token_id)
 
     @torch.no_grad()
     def generate(

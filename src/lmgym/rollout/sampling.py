@@ -17,17 +17,46 @@ from lmgym.config import GenerationSettings, TrainConfig
 from lmgym.data.sample import Sample, describe_sample
 from lmgym.data.task import Task
 from lmgym.errors import LmgymError, UserCodeError
+from lmgym.models.chat import configure_chat, fit_chat_prompt, is_messages, render_ids, reward_prompt, uses_chat
 from lmgym.models.loading import load_model, set_truncation_side
 from lmgym.models.policy import Policy, TokenBatch, make_generation_config
 from lmgym.rewards.base import Reward, RewardError, check_scores, frozen
 
 
-def tokenize_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Pad and truncate prompts; returns ids, mask and how many were truncated."""
-    full = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    n_truncated = sum(len(ids) > max_prompt_tokens for ids in full)
-    enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_prompt_tokens, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"], n_truncated
+def tokenize_prompts(tokenizer, prompts: list, max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Pad and truncate prompts (plain text, or rendered through the chat template: lmgym.models.chat); returns
+    ids, mask and how many were truncated."""
+    if not uses_chat(tokenizer, prompts):
+        full = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        n_truncated = sum(len(ids) > max_prompt_tokens for ids in full)
+        enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_prompt_tokens, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"], n_truncated
+    rows, n_truncated = [], 0
+    for prompt in prompts:
+        ids, cut = fit_chat_prompt(tokenizer, prompt, max_prompt_tokens)
+        rows.append(ids)
+        n_truncated += cut
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        where = slice(width - len(ids), width) if tokenizer.padding_side == "left" else slice(0, len(ids))
+        input_ids[i, where] = torch.tensor(ids, dtype=torch.long)
+        mask[i, where] = 1
+    return input_ids, mask, n_truncated
+
+
+def prompt_lengths(tokenizer, prompts: list) -> list[int]:
+    """Each prompt's length in tokens, as `tokenize_prompts` would make it before truncation."""
+    if not uses_chat(tokenizer, prompts):
+        return [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+    return [len(render_ids(tokenizer, p)) for p in prompts]
+
+
+def configure_tokenizer(tokenizer, config: TrainConfig, task: Task) -> None:
+    """The run's prompt handling on ``tokenizer``: which end of a long prompt is cut, and chat templates."""
+    set_truncation_side(tokenizer, config.model.truncation_side, task.truncation_side)
+    configure_chat(tokenizer, config.model.chat_template, config.rollout.chat, config.model.name)
 
 
 def decode(tokenizer: PreTrainedTokenizerBase, gen_ids: torch.Tensor, gen_mask: torch.Tensor) -> list[str]:
@@ -53,11 +82,13 @@ def score_generations(
     pieces = iter(tokenizer.batch_decode([[t] for row in rows for t in row]))
     meta = [
         {**sample.meta, "gen_token_ids": ids, "gen_tokens": [next(pieces) for _ in ids]}
+        | ({"messages": sample.prompt} if is_messages(sample.prompt) else {})
         for sample, ids in zip(samples, rows, strict=True)
     ]
     name = getattr(reward, "name", type(reward).__name__)
     try:
-        raw = reward([s.prompt for s in samples], generations, [list(s.references) for s in samples], meta)
+        prompts, references = [reward_prompt(s.prompt) for s in samples], [list(s.references) for s in samples]
+        raw = reward(prompts, generations, references, meta)
     except LmgymError:
         raise
     except Exception as err:  # the reward's own bug (or a library it calls): name it and the user's line
@@ -130,5 +161,5 @@ def load_policy(model: str, config: TrainConfig, task: Task) -> Policy:
     """A policy (no value head) to sample from: ``model`` (a name or folder, e.g. a run's final/) loaded with
     the run's dtype and its prompts cut as the run cut them."""
     loaded = load_model(model, config.model.dtype, config.model.trust_remote_code)
-    set_truncation_side(loaded.tokenizer, config.model.truncation_side, task.truncation_side)
+    configure_tokenizer(loaded.tokenizer, config, task)
     return Policy(loaded.model, loaded.tokenizer, loaded.is_seq2seq, value_head="none")
