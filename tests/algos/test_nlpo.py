@@ -353,3 +353,56 @@ def test_resume_is_exact_across_a_refresh(tmp_path: Path) -> None:
         key = "model.layers.0.mlp.down_proj.weight"
         assert not torch.equal(policy[f"model.{key}"], mask[key])  # π_mask lags the learner
     assert not list(tmp_path.glob("**/.tmp-*"))
+
+
+# --- (6) a mask policy above a frozen trunk ----------------------------------------------------------
+
+TRUNK = ["model.freeze_embeddings=true", "model.trainable_layers=1", "rollout.batch_size=8", "nlpo.lr=1e-2"]
+
+
+def test_mask_policy_above_a_frozen_trunk_equals_a_whole_copy(tmp_path: Path) -> None:
+    """With the bottom block frozen, π_mask is a copy of the top block only (sharing the frozen embedding and
+    head), run on the hidden states generation computes: the same masks, samples and log-probs as a whole
+    copy of the same weights, run on the tokens."""
+    config = load_config(overrides=overrides(tmp_path, "trunk", *TRUNK, "nlpo.mask_top_p=0.7"))
+    trainer = NLPOTrainer(config, console=quiet())
+    assert trainer.trunk_depth == 1
+    whole = copy.deepcopy(trainer.policy.model).eval().requires_grad_(False)  # π_mask's weights: the initial ones
+    top_params = {id(p) for p in trainer.mask_model.parameters()}
+    assert id(trainer.policy.model.get_input_embeddings().weight) in top_params  # shared, not copied
+    own = sum(p.numel() for p in trainer.mask_model.parameters() if id(p) not in {
+        id(q) for q in trainer.policy.model.parameters()})  # fmt: skip
+    assert own < 0.5 * sum(p.numel() for p in whole.parameters())
+    trainer.step(1)  # the learner moves away from π_mask
+    assert not trainer.mask_is_learner
+    samples = trainer.train_samples[:8]
+    torch.manual_seed(7)
+    above = trainer.rollout(samples)
+    trainer.trunk_depth, trainer.mask_model = 0, whole
+    torch.manual_seed(7)
+    reference = trainer.rollout(samples)
+    assert torch.equal(above.batch.gen_ids, reference.batch.gen_ids)
+    assert torch.equal(above.extras["action_mask"], reference.extras["action_mask"])
+    torch.testing.assert_close(above.extras["masked_logprobs"], reference.extras["masked_logprobs"], atol=1e-5, rtol=0)
+    assert above.extras["mask_size"] < 512  # the mask did restrict the actions
+
+
+def test_refreshing_the_top_copy_loads_the_learners_top(tmp_path: Path) -> None:
+    config = load_config(overrides=overrides(tmp_path, "refresh", *TRUNK))
+    trainer = NLPOTrainer(config, console=quiet())
+    trainer.step(1)
+    learner_top = trainer.policy.model.model.layers[1].mlp.down_proj.weight
+    assert not torch.equal(trainer.mask_model.model.layers[0].mlp.down_proj.weight, learner_top)
+    trainer.refresh_mask_policy()
+    assert torch.equal(trainer.mask_model.model.layers[0].mlp.down_proj.weight, learner_top)
+    assert torch.equal(trainer.mask_model.model.norm.weight, trainer.policy.model.model.norm.weight)
+
+
+def test_resume_is_exact_with_a_mask_policy_above_the_trunk(tmp_path: Path) -> None:
+    trunk = [*RESUME, "model.freeze_embeddings=true", "model.trainable_layers=1"]
+    whole = train(None, overrides(tmp_path, "X", "iterations=5", *trunk), console=quiet())
+    train(None, overrides(tmp_path, "Y", "iterations=3", *trunk), console=quiet())
+    train(None, overrides(tmp_path, "Y", "iterations=5", *trunk), resume=True, console=quiet())
+    assert train_records(tmp_path / "Y") == train_records(whole.run_dir)
+    mask = load_file(str(whole.run_dir / "checkpoints" / "step-5" / MASK_FILE))
+    assert "model.layers.0.mlp.down_proj.weight" in mask and "model.layers.1.mlp.down_proj.weight" not in mask

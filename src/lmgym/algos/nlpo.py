@@ -47,6 +47,7 @@ the mask policy's weights as ``mask_policy.safetensors``.
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -64,6 +65,7 @@ from lmgym.algos.onpolicy import OnPolicyTrainer, PolicyTerms
 from lmgym.algos.ppo import ppo_policy_loss
 from lmgym.data.sample import Sample
 from lmgym.errors import InputError, StateError
+from lmgym.models.trunk import capture_block_input, copy_above, frozen_depth, load_above
 from lmgym.rollout.rollout import Rollout, collect_rollout
 from lmgym.rollout.sampling import tokenize_prompts
 
@@ -121,8 +123,12 @@ class MaskPolicyProcessor(LogitsProcessor):
         min_tokens_to_keep: int,
         always_allowed: torch.Tensor,  # [S] token ids never masked
         temperature: float,
+        trunk_states: list[torch.Tensor] | None = None,
     ) -> None:
         self.mask_model = mask_model
+        # With a frozen trunk: the learner's hidden states entering the first trainable block, one entry per
+        # forward call of generation (the prompt, then each new token); the mask model is then `copy_above`.
+        self.trunk_states = trunk_states
         self.is_seq2seq = is_seq2seq
         self.prompt_ids, self.prompt_mask = prompt_ids, prompt_mask
         self.top_p, self.min_tokens_to_keep = top_p, min_tokens_to_keep
@@ -179,8 +185,16 @@ class MaskPolicyProcessor(LogitsProcessor):
         # Left padding shifts positions; derive them from the mask as generate does.
         position_ids = (self._attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -new_ids.shape[1] :]
         kwargs = {"logits_to_keep": 1} if getattr(model, "_supports_logits_to_keep", lambda: False)() else {}
+        if self.trunk_states is not None:  # start above the frozen trunk, from the states generation computed
+            states = self.trunk_states[-1]
+            if states.shape[:2] != new_ids.shape:
+                raise StateError(
+                    f"trunk states {tuple(states.shape)} do not match the new tokens {tuple(new_ids.shape)}"
+                )
+            kwargs["inputs_embeds"] = states
+        else:
+            kwargs["input_ids"] = new_ids
         out = model(
-            input_ids=new_ids,
             attention_mask=self._attention_mask,
             position_ids=position_ids,
             cache=self._cache,
@@ -205,7 +219,15 @@ class NLPOTrainer(OnPolicyTrainer):
     def build_extras(self) -> None:
         super().build_extras()
         cfg = self.algo_config
-        self.mask_model = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
+        # With frozen bottom blocks π_mask differs from πθ only above them: it is a copy of the top (sharing the
+        # frozen embedding and head) run on the hidden states generation computes anyway. Otherwise (every block
+        # trains, encoder-decoders, sharded weights) a whole copy, run on the tokens.
+        reuse = self.config.rollout.reuse_frozen_trunk and not self.dist.sharded and not self.policy.is_seq2seq
+        self.trunk_depth = frozen_depth(self.policy.model) if reuse else 0
+        if self.trunk_depth:
+            self.mask_model = copy_above(self.policy.model, self.trunk_depth)
+        else:
+            self.mask_model = copy.deepcopy(self.policy.model).eval().requires_grad_(False)
         # True while π_mask's weights equal the learner's: the rollout then skips the mask model.
         self.mask_is_learner = True
         self.always_allowed = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)
@@ -227,7 +249,10 @@ class NLPOTrainer(OnPolicyTrainer):
     def refresh_mask_policy(self) -> None:
         # With sharded weights (FSDP) π_mask stays a whole copy on every rank: it runs inside generation's
         # logits processor, which a rank that has finished its batch skips, so it must not need collectives.
-        self.mask_model.load_state_dict(self.dist.full_state_dict(self.policy.model, every_rank=True))
+        if self.trunk_depth:
+            load_above(self.mask_model, self.policy.model, self.trunk_depth)
+        else:
+            self.mask_model.load_state_dict(self.dist.full_state_dict(self.policy.model, every_rank=True))
         self.mask_is_learner = True
 
     def step(self, iteration: int) -> dict[str, Any]:
@@ -245,27 +270,35 @@ class NLPOTrainer(OnPolicyTrainer):
         # The same call collect_rollout makes; the processor needs the prompt mask for its own forward.
         prompt_ids, prompt_mask, _ = tokenize_prompts(self.tokenizer, [s.prompt for s in samples], max_prompt_tokens)
         prompt_ids, prompt_mask = prompt_ids.to(self.policy.device), prompt_mask.to(self.policy.device)  # as generate
-        processor = MaskPolicyProcessor(
-            None if self.mask_is_learner else self.mask_model,
-            self.policy.is_seq2seq,
-            prompt_ids,
-            prompt_mask,
-            self.mask_top_p,
-            self.algo_config.min_tokens_to_keep,
-            self.always_allowed,
-            self.temperature,
-        )
-        rollout = collect_rollout(
-            self.policy,
-            self.reference,
-            self.reward,
-            samples,
-            self.generation,
-            max_prompt_tokens,
-            temperature=self.temperature,
-            logits_processor=LogitsProcessorList([processor]),
-            reuse_generation_scores=self.config.rollout.reuse_generation_scores,
-        )
+        run_mask = not self.mask_is_learner
+        with ExitStack() as stack:
+            states = None
+            if run_mask and self.trunk_depth:
+                states = stack.enter_context(capture_block_input(self.policy.model, self.trunk_depth))
+            processor = MaskPolicyProcessor(
+                self.mask_model if run_mask else None,
+                self.policy.is_seq2seq,
+                prompt_ids,
+                prompt_mask,
+                self.mask_top_p,
+                self.algo_config.min_tokens_to_keep,
+                self.always_allowed,
+                self.temperature,
+                states,
+            )
+            rollout = collect_rollout(
+                self.policy,
+                self.reference,
+                self.reward,
+                samples,
+                self.generation,
+                max_prompt_tokens,
+                temperature=self.temperature,
+                logits_processor=LogitsProcessorList([processor]),
+                reuse_generation_scores=self.config.rollout.reuse_generation_scores,
+                keep_trunk=self.config.rollout.reuse_frozen_trunk and not self.dist.sharded,
+                share_prefill=False,  # the processor follows generation's own forward calls, one per step
+            )
         masked_logprobs, action_mask = processor.finish(rollout.batch.gen_ids)  # [B, G], [B, G, V]
         valid = rollout.mask.bool()
         masked_logprobs = torch.where(valid, masked_logprobs, 0.0)  # log π̃_old; 0 past EOS, as rollout.logprobs

@@ -11,6 +11,8 @@ generation logits that already stand in for the behaviour policy's log-probs.
 
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -132,3 +134,40 @@ def share_frozen(reference: nn.Module, policy: nn.Module) -> int:
     if head is not None and not any(p.requires_grad for p in head.parameters()):
         reference.set_output_embeddings(head)
     return depth
+
+
+def copy_above(model: nn.Module, depth: int) -> nn.Module:
+    """A frozen copy of a causal LM without its bottom ``depth`` blocks: called with ``inputs_embeds`` = the hidden
+    states entering block ``depth``, it gives the model's logits. Its blocks are renumbered (so that its own KV
+    cache holds only them); the frozen input embedding and LM head are the model's own, shared, not copied.
+    NLPO's mask policy uses it: it differs from the learner only above the frozen trunk."""
+    parent, attr, blocks = _single_stack(model)
+    shared = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    memo = {id(t): t for m in shared if not any(p.requires_grad for p in m.parameters()) for t in (m, *m.parameters())}
+    setattr(parent, attr, nn.ModuleList(list(blocks)[depth:]))
+    try:
+        top = copy.deepcopy(model, memo)
+    finally:
+        setattr(parent, attr, blocks)
+    for i, block in enumerate(_single_stack(top)[2]):
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = i
+    top.config.num_hidden_layers = len(blocks) - depth
+    if getattr(top.config, "layer_types", None):
+        top.config.layer_types = list(top.config.layer_types)[depth:]
+    return top.eval().requires_grad_(False)
+
+
+def load_above(top: nn.Module, model: nn.Module, depth: int) -> None:
+    """Copy ``model``'s weights above block ``depth`` into `copy_above`'s ``top`` (block depth + i → block i)."""
+    stack = next(name for name, m in model.named_modules() if m is _single_stack(model)[2])
+    block = re.compile(rf"^{re.escape(stack)}\.(\d+)\.")
+    state = {}
+    for name, tensor in model.state_dict().items():
+        found = block.match(name)
+        if found is None:
+            state[name] = tensor
+        elif int(found.group(1)) >= depth:
+            state[f"{stack}.{int(found.group(1)) - depth}.{name[found.end() :]}"] = tensor
+    top.load_state_dict(state)

@@ -77,6 +77,7 @@ def collect_rollout(
     logits_processor: LogitsProcessorList | None = None,
     reuse_generation_scores: bool = True,
     keep_trunk: bool = False,
+    share_prefill: bool = True,
 ) -> Rollout:
     """Generate for ``samples``, score the tokens and compute the task rewards.
 
@@ -93,7 +94,7 @@ def collect_rollout(
     prompt_ids, prompt_mask = prompt_ids.to(policy.device), prompt_mask.to(policy.device)
     if reuse_generation_scores:
         batch, scores = policy.generate_and_score(
-            prompt_ids, prompt_mask, generation, temperature, logits_processor, keep_trunk=keep_trunk
+            prompt_ids, prompt_mask, generation, temperature, logits_processor, keep_trunk, share_prefill
         )
     else:
         gen_ids, gen_mask = policy.generate(prompt_ids, prompt_mask, generation, logits_processor)
