@@ -87,7 +87,7 @@ def eval_(
 
     _quiet_loading()
     try:
-        metrics = evaluate_run(run, split, num_prompts)
+        metrics = evaluate_run(run, split, num_prompts, console=console)
     except _user_errors() as err:
         _fail(err)
     table = Table(title=f"evaluation of {run}")
