@@ -99,6 +99,22 @@ def eval_(
 
 
 @app.command()
+def push(
+    run: Annotated[Path, typer.Argument(help="a finished run folder, e.g. runs/sentiment-ppo-...")],
+    repo_id: Annotated[str, typer.Argument(help="the hub model repository, e.g. your-name/sentiment-ppo")],
+    private: Annotated[bool, typer.Option(help="create the repository private")] = False,
+) -> None:
+    """Upload a finished run's final/ (model, tokenizer, model card) to the Hugging Face hub."""
+    from lmgym.publish import push_run
+
+    try:
+        url = push_run(run, repo_id, private)
+    except _user_errors() as err:
+        _fail(err)
+    console.print(f"pushed {run / 'final'} to {url}", highlight=False)
+
+
+@app.command()
 def tasks() -> None:
     """List the registered tasks."""
     from lmgym.data.registry import available_tasks

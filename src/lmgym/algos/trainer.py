@@ -35,6 +35,7 @@ from rich.table import Table
 from safetensors.torch import save_file
 
 from lmgym.algos.guards import Snapshot, restore_snapshot, take_snapshot
+from lmgym.algos.model_card import model_card, write_model_card
 from lmgym.checkpoint import (
     clean_partial,
     list_checkpoints,
@@ -428,7 +429,8 @@ class Trainer:
         final_state = self.dist.full_state_dict(self.policy.model) if self.dist.sharded else None
         if self.dist.is_main:
             self.save_final(final_state)
-            self.run.plot()
+            self.write_model_card(last, after, self.run.plot())
+            self._call("on_save", self.run.final)  # final/ is complete: weights, extras, card
             self.report(after, after_records)
         self.dist.barrier()
         return TrainResult(self.run.root, self.before, after, history)
@@ -612,7 +614,22 @@ class Trainer:
             )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        self._call("on_save", final)
+
+    def write_model_card(self, iterations: int, after: dict[str, float], plot: Path | None) -> None:
+        """final/README.md: a Hugging Face model card (lmgym.algos.model_card) with the reward plot beside it."""
+        card = model_card(
+            self.config,
+            self.config.tracking.run_name or self.run.root.name,
+            self.task.description,
+            getattr(self.reward, "name", type(self.reward).__name__),
+            iterations,
+            self.max_new_tokens,
+            self.before or {},
+            after,
+            plot.name if plot is not None else None,
+            self.policy.is_seq2seq,
+        )
+        write_model_card(self.run.final, card, plot)
 
     def report(self, after: dict[str, float], after_records: list[dict[str, Any]]) -> None:
         print_comparison(self.console, self.before or {}, after, self.before_samples, after_records)
