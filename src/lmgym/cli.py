@@ -130,6 +130,8 @@ def tasks() -> None:
 @app.command()
 def metrics() -> None:
     """List every metric (each is also a reward), what it needs and whether it can run here."""
+    from rich.markup import escape
+
     from lmgym.rewards.catalog import availability, metric_infos, requirement
 
     table = Table(title="metrics (any per-sample one is also a reward: reward.name in the config)")
@@ -141,7 +143,10 @@ def metrics() -> None:
         ok, why = availability(info)
         kind = "" if info.per_sample else " [dim](corpus only)[/]"
         table.add_row(
-            name, info.description + kind, requirement(info) or "-", "[green]yes[/]" if ok else f"[red]no[/]: {why}"
+            escape(name),
+            escape(info.description) + kind,
+            escape(requirement(info)) or "-",
+            "[green]yes[/]" if ok else f"[red]no[/]: {escape(why)}",  # a pip command's [extra] is no markup
         )
     console.print(table)
 
