@@ -239,3 +239,12 @@ def test_the_config_as_hyperparameters_leaves_out_other_algorithms() -> None:
     flat = flatten(tracked_config(config))
     assert flat["grpo.k"] == 4 and flat["task_args.n"] == 3 and flat["eval.metrics"] == "null"
     assert not any(k.startswith(("ppo.", "dpo.", "sft.")) for k in flat)
+
+
+def test_resume_may_report_to_other_trackers(tmp_path: Path) -> None:
+    """An unnamed run is found by --resume with other tracking settings (they change no number of the run)."""
+    from lmgym.tracking import RunDir, same_config_runs
+
+    RunDir(tmp_path / "toy-ppo-1").create(load_config(overrides=BASE))
+    assert same_config_runs(tmp_path, load_config(overrides=[*BASE, "tracking.report_to=tensorboard"]))
+    assert not same_config_runs(tmp_path, load_config(overrides=[*BASE, "ppo.epochs=2"]))

@@ -12,8 +12,9 @@ from typing import Any
 from lmgym.config import ConfigError, TrainConfig, dump_config, load_config
 from lmgym.errors import MissingFileError
 
-# Settings a resumed run may change (train longer, or for another time budget); the rest must match.
-RESUMABLE_CHANGES = {"name", "iterations", "max_train_seconds"}
+# Settings a resumed run may change (train longer, for another time budget, report to other trackers); the rest
+# must match.
+RESUMABLE_CHANGES = {"name", "iterations", "max_train_seconds", "tracking"}
 
 
 def _jsonable(value: Any) -> Any:
