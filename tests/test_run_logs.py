@@ -142,3 +142,19 @@ def test_default_metrics_are_the_tasks_registered_ones(tmp_path: Path) -> None:
             None, [*BASE, f"run_dir={tmp_path}", "name=e", "eval.metrics=[bluee]"], console=Console(file=io.StringIO())
         )
     assert not (tmp_path / "e").exists()
+
+
+def test_a_failing_annotation_costs_only_the_metrics_that_need_it() -> None:
+    """A task hook that cannot annotate (say, its classifier cannot be built here) is reported with the metrics that
+    needed it; the others are computed."""
+
+    def broken(generations, meta):
+        raise OSError("no classifier here")
+
+    task = dataclasses.replace(load_task("toy"), annotate=broken)
+    samples = task.split("test")[:3]
+    metrics = MetricSet(["intent_accuracy", "diversity"], task.annotate)
+    scored = metrics.score(samples, ["a b", "c", "d e f"])
+    assert scored.scores["vocab-size"] == 6.0
+    assert "intent_accuracy" in scored.missing and "OSError: no classifier here" in scored.missing["intent_accuracy"]
+    assert metrics.score(samples, ["a", "b", "c"]).missing == {}  # reported once; only diversity runs again

@@ -76,8 +76,13 @@ class MetricSet:
         prompts = [s.prompt for s in samples]
         references = [list(s.references) for s in samples]
         meta = [dict(s.meta) for s in samples]
+        annotated = ""
         if self.annotate is not None:
-            meta = self.annotate(list(generations), meta)
+            try:
+                meta = self.annotate(list(generations), meta)
+            except Exception as err:  # e.g. a classifier that cannot be built here: the metrics needing it say so
+                annotated = f" (the task's annotation of the generations failed: {type(err).__name__}: {err})"
+                log.warning("annotating the held-out generations failed: %s", err)
         for name in active:
             try:
                 if name not in self._metrics:
@@ -88,10 +93,10 @@ class MetricSet:
             try:
                 result = self._metrics[name](prompts, list(generations), references, meta)
             except MissingRequirement as err:
-                out.missing[name] = str(err)
+                out.missing[name] = str(err) + annotated
             except Exception as err:  # a broken metric costs its score, not the evaluation
                 log.warning("metric %r failed: %s", name, err)
-                out.missing[name] = f"failed: {type(err).__name__}: {err}"
+                out.missing[name] = f"failed: {type(err).__name__}: {err}{annotated}"
             else:
                 out.keys[name] = list(result)
                 for key, value in result.items():
