@@ -15,14 +15,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first. A module's layer is its first name below lmgym (a package or a top-level module).
 LAYERS: list[set[str]] = [
-    {"errors", "config", "distributed", "checkpoint", "tracking"},
+    {"errors", "config", "distributed", "checkpoint", "tracking", "trackers"},
     {"models"},
     {"metrics"},
     {"rewards"},
     {"data"},
     {"rollout"},
     {"algos", "preflight"},
-    {"api", "envs"},
+    {"api", "envs", "publish"},
     {"bench", "label"},
     {"cli"},
 ]

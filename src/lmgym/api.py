@@ -15,6 +15,7 @@ from lmgym.models.loading import load_model
 from lmgym.models.policy import ReferenceModel
 from lmgym.rewards.factory import build_reward
 from lmgym.rollout.evaluation import evaluate
+from lmgym.rollout.metric_set import MetricSet
 from lmgym.rollout.sampling import generation_config, load_policy
 from lmgym.tracking import RunDir
 
@@ -41,24 +42,33 @@ def train(
     return trainer.train()
 
 
-def evaluate_run(run: str | Path, split: str | None = None, num_prompts: int | None = None) -> dict[str, float]:
-    """Re-evaluate a finished run's final policy against the initial model."""
+def evaluate_run(
+    run: str | Path, split: str | None = None, num_prompts: int | None = None, console: Console | None = None
+) -> dict[str, float]:
+    """Re-evaluate a finished run's final policy against the initial model: the evaluation's own metrics and the
+    run's ``eval.metrics`` (a metric that cannot run here is left out, and said so on ``console``)."""
     run_dir = RunDir(Path(run))
     config = run_dir.config()
     task = load_task(config.task, **config.task_args)
+    metric_set = MetricSet.for_task(task, config.eval.metrics)
     policy = load_policy(str(run_dir.final_model()), config, task)
     base = load_model(config.model.name, config.model.dtype, config.model.trust_remote_code)
     reward = build_reward(config.reward, task.reward)
     if reward is None:
         raise InputError(f"task {config.task!r} has no default reward and the run's config names none")
-    metrics, _ = evaluate(
+    samples = task.split(split or config.eval.split)[: num_prompts or config.eval.num_prompts]
+    metrics, records = evaluate(
         policy,
         ReferenceModel(base.model, base.is_seq2seq),
         reward,
-        task.split(split or config.eval.split)[: num_prompts or config.eval.num_prompts],
+        samples,
         generation_config(config.generation, task, policy.tokenizer),
         config.model.max_prompt_tokens,
         config.eval.batch_size,
         config.eval.seed,
     )
-    return metrics
+    scored = metric_set.score(samples, [r["generation"] for r in records])
+    for name, why in scored.missing.items():
+        if console is not None:
+            console.print(f"eval.metrics: {name} is left out: {why}", highlight=False, markup=False)
+    return {**metrics, **{k: v for k, v in scored.scores.items() if k not in metrics}}

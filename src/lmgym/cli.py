@@ -87,7 +87,7 @@ def eval_(
 
     _quiet_loading()
     try:
-        metrics = evaluate_run(run, split, num_prompts)
+        metrics = evaluate_run(run, split, num_prompts, console=console)
     except _user_errors() as err:
         _fail(err)
     table = Table(title=f"evaluation of {run}")
@@ -96,6 +96,22 @@ def eval_(
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}")
     console.print(table)
+
+
+@app.command()
+def push(
+    run: Annotated[Path, typer.Argument(help="a finished run folder, e.g. runs/sentiment-ppo-...")],
+    repo_id: Annotated[str, typer.Argument(help="the hub model repository, e.g. your-name/sentiment-ppo")],
+    private: Annotated[bool, typer.Option(help="create the repository private")] = False,
+) -> None:
+    """Upload a finished run's final/ (model, tokenizer, model card) to the Hugging Face hub."""
+    from lmgym.publish import push_run
+
+    try:
+        url = push_run(run, repo_id, private)
+    except _user_errors() as err:
+        _fail(err)
+    console.print(f"pushed {run / 'final'} to {url}", highlight=False)
 
 
 @app.command()
@@ -114,6 +130,8 @@ def tasks() -> None:
 @app.command()
 def metrics() -> None:
     """List every metric (each is also a reward), what it needs and whether it can run here."""
+    from rich.markup import escape
+
     from lmgym.rewards.catalog import availability, metric_infos, requirement
 
     table = Table(title="metrics (any per-sample one is also a reward: reward.name in the config)")
@@ -125,7 +143,10 @@ def metrics() -> None:
         ok, why = availability(info)
         kind = "" if info.per_sample else " [dim](corpus only)[/]"
         table.add_row(
-            name, info.description + kind, requirement(info) or "-", "[green]yes[/]" if ok else f"[red]no[/]: {why}"
+            escape(name),
+            escape(info.description) + kind,
+            escape(requirement(info)) or "-",
+            "[green]yes[/]" if ok else f"[red]no[/]: {escape(why)}",  # a pip command's [extra] is no markup
         )
     console.print(table)
 

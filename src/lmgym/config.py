@@ -140,6 +140,13 @@ class RolloutConfig(Section):
         "generation, so the reference's score pass and the update's passes start at the first trainable block; the "
         "reference shares the frozen modules with the policy (less memory). Same numbers up to float rounding",
     )
+    log_samples_every: int = Field(
+        0,
+        ge=0,
+        description="every N iterations, append that iteration's rollout to the run's rollouts.jsonl: each sample's "
+        "prompt, generation, reward (as trained on), the score of each part of a composed reward and its KL to the "
+        "reference (nats); 0: off",
+    )
 
 
 class KLSettings(Section):
@@ -510,11 +517,17 @@ class RewardConfig(Section):
 
 
 class EvalConfig(Section):
-    split: Literal["train", "val", "test"] = "test"
+    split: Literal["train", "val", "test"] = Field("test", description="the task split the held-out prompts come from")
     num_prompts: int = Field(64, gt=0, description="held-out prompts scored before and after training")
     every: int = Field(0, ge=0, description="also evaluate every N iterations (0: only before and after)")
-    batch_size: int = Field(32, gt=0)
-    seed: int = 1234
+    batch_size: int = Field(32, gt=0, description="prompts generated per batch")
+    seed: int = Field(1234, description="seed of the evaluation's sampling (the same generations for the same policy)")
+    metrics: list[str] | None = Field(
+        None,
+        description="registered metrics (`lmgym metrics`) also computed on the held-out generations at every "
+        "evaluation, logged as eval/<name>; None: the task's metric set (those of its names that are registered "
+        "metrics); []: none. Reward, perplexity under the reference, distinct-1/2 and length are always reported",
+    )
 
 
 class CheckpointConfig(Section):
@@ -526,6 +539,36 @@ class CheckpointConfig(Section):
         "crash loses at most about that much training; None: only `every` and the end",
     )
     keep: int = Field(2, gt=0, description="how many step-N checkpoints to keep")
+
+
+TrackerName = Literal["tensorboard", "wandb", "trackio", "mlflow"]
+
+
+class TrackingConfig(Section):
+    """Experiment trackers that receive what metrics.jsonl holds (lmgym.trackers): every scalar of each
+    iteration's record at step = iteration, the evaluations (eval/...), the resolved config as hyperparameters
+    and a table of held-out generations. Only the main process logs; `--resume` continues the same tracker runs."""
+
+    report_to: list[TrackerName] = Field(
+        default_factory=list,
+        description="backends to log to: tensorboard (event files in the run folder's tensorboard/), wandb, trackio, "
+        "mlflow; they need the tracking extra (pip install 'lmgym[tracking]')",
+    )
+    project: str = Field(
+        "lmgym", description="the W&B project, trackio project or MLflow experiment the run is logged under"
+    )
+    run_name: str | None = Field(None, description="the run's name in the trackers; None: the run folder's name")
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (a server URL, sqlite:///mlflow.db, ...); None: $MLFLOW_TRACKING_URI or "
+        "MLflow's default",
+    )
+    samples: int = Field(8, ge=0, description="held-out generations per evaluation in the samples table; 0: none")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
 
 class TrainConfig(Section):
@@ -562,6 +605,7 @@ class TrainConfig(Section):
     )
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     guards: GuardConfig = Field(default_factory=GuardConfig)
     accelerate: AccelerateConfig = Field(default_factory=AccelerateConfig)
     peft: PeftSettings | None = Field(

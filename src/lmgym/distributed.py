@@ -259,6 +259,14 @@ class Distributed:
         dist.all_gather(parts, local)
         return torch.cat(parts).to(tensor.device)
 
+    def gather_objects(self, value: T) -> list[T]:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
     def broadcast_object(self, value: T) -> T:
         """The main process's ``value`` on every rank (any picklable object made by this process)."""
         if not self.enabled:

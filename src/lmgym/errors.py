@@ -45,6 +45,11 @@ class MissingPackageError(LmgymError, ImportError):
     """An optional package is not installed; the message gives the pip command (e.g. an lmgym extra)."""
 
 
+class HubError(LmgymError, ConnectionError):
+    """The Hugging Face hub cannot be reached (offline mode, no network) or refused a request; the message says
+    which, and what to do."""
+
+
 class TrainingError(LmgymError, RuntimeError):
     """Training cannot go on (non-finite loss, exploding KL, bad reward); the message names where."""
 

@@ -1,4 +1,4 @@
-"""What a run writes: resolved config, metrics.jsonl, samples.jsonl and plots."""
+"""What a run writes: resolved config, metrics.jsonl, samples.jsonl, rollouts.jsonl and plots."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 from lmgym.config import ConfigError, TrainConfig, dump_config, load_config
 from lmgym.errors import MissingFileError
 
-# Settings a resumed run may change (train longer, or for another time budget); the rest must match.
-RESUMABLE_CHANGES = {"name", "iterations", "max_train_seconds"}
+# Settings a resumed run may change (train longer, for another time budget, report to other trackers); the rest
+# must match.
+RESUMABLE_CHANGES = {"name", "iterations", "max_train_seconds", "tracking"}
 
 
 def _jsonable(value: Any) -> Any:
@@ -77,6 +78,7 @@ class RunDir:
         self.root = Path(root)
         self.metrics_path = self.root / "metrics.jsonl"
         self.samples_path = self.root / "samples.jsonl"
+        self.rollouts_path = self.root / "rollouts.jsonl"  # training samples (rollout.log_samples_every)
         self.plots = self.root / "plots"
         self.checkpoints = self.root / "checkpoints"
         self.final = self.root / "final"
@@ -93,9 +95,18 @@ class RunDir:
             f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
 
     def log_samples(self, records: list[dict[str, Any]]) -> None:
-        with self.samples_path.open("a", encoding="utf-8") as f:
+        """Held-out generations of an evaluation (samples.jsonl)."""
+        self._append(self.samples_path, records)
+
+    def log_rollouts(self, records: list[dict[str, Any]]) -> None:
+        """Samples of a training rollout (rollouts.jsonl)."""
+        self._append(self.rollouts_path, records)
+
+    @staticmethod
+    def _append(path: Path, records: list[dict[str, Any]]) -> None:
+        with path.open("a", encoding="utf-8") as f:
             for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.write(json.dumps({k: _jsonable(v) for k, v in r.items()}, ensure_ascii=False) + "\n")
 
     def config(self) -> TrainConfig:
         """The run's resolved config (config.yaml)."""
@@ -130,7 +141,7 @@ class RunDir:
     def truncate_after(self, iteration: int) -> None:
         """Drop what a resume from ``iteration`` will redo: records of later iterations, the final
         evaluation (it comes after the last checkpoint) and a line a kill cut short."""
-        for path in (self.metrics_path, self.samples_path):
+        for path in (self.metrics_path, self.samples_path, self.rollouts_path):
             if not path.exists():
                 continue
             keep = []

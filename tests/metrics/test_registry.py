@@ -58,12 +58,21 @@ def test_cli_lists_every_metric_with_its_availability() -> None:
 
 
 def test_missing_requirement_names_what_to_supply(monkeypatch) -> None:
-    import lmgym.metrics.ngram as ngram
+    import importlib.util
 
-    real = ngram.importlib.util.find_spec
-    monkeypatch.setattr(ngram.importlib.util, "find_spec", lambda name: None if name == "sacrebleu" else real(name))
+    real = importlib.util.find_spec
+    hidden = {"sacrebleu", "bert_score"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
     with pytest.raises(MissingRequirement, match="metric 'ter' cannot run: `pip install sacrebleu`"):
         load_metric("ter")([""], ["a"], [["a"]], [{}])
+    # A package of the `metrics` extra: the extra's pip command, in the error and in `lmgym metrics`.
+    with pytest.raises(MissingRequirement, match=r"`pip install 'lmgym\[metrics\]'` \(bert-score\)"):
+        load_metric("bertscore")([""], ["a"], [["a"]], [{}])
+    lines = CliRunner().invoke(app, ["metrics"], env={"COLUMNS": "200"}).output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("│ bertscore "))
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("│      "))
+    here = " ".join(line.split("│")[4].strip() for line in lines[start:end])  # the row's "here" column
+    assert "no: `pip install 'lmgym[metrics]'` (bert-score)" in here
 
 
 def test_any_reward_is_a_metric() -> None:

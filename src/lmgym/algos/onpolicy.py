@@ -39,7 +39,7 @@ from lmgym.errors import TrainingError, UserCodeError
 from lmgym.models.policy import checkpointed_blocks
 from lmgym.rewards.base import RewardError
 from lmgym.rewards.kl import make_kl_controller
-from lmgym.rollout.rollout import Rollout, collect_rollout
+from lmgym.rollout.rollout import Rollout, collect_rollout, sample_records
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,16 @@ class OnPolicyTrainer(Trainer):
         except TrainingError as err:
             self.fail(iteration, str(err), self.last_snapshot(), cause=err)
         rollout.seconds["update"] = time.perf_counter() - t0
+        every = self.config.rollout.log_samples_every
+        if every and iteration % every == 0:
+            self.log_rollout(iteration, rollout, kl)
         return self.record(iteration, rollout, rewards, kl, returns, stats)
+
+    def log_rollout(self, iteration: int, rollout: Rollout, kl: torch.Tensor) -> None:
+        """Append the iteration's samples (every process's share) to rollouts.jsonl (rollout.log_samples_every)."""
+        shares = self.dist.gather_objects(sample_records(rollout, kl))
+        if self.dist.is_main:
+            self.run.log_rollouts([{"iteration": iteration, **r} for share in shares for r in share])
 
     def rollout(self, samples: list[Sample]) -> Rollout:
         return collect_rollout(

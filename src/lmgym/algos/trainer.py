@@ -35,6 +35,7 @@ from rich.table import Table
 from safetensors.torch import save_file
 
 from lmgym.algos.guards import Snapshot, restore_snapshot, take_snapshot
+from lmgym.algos.model_card import model_card, write_model_card
 from lmgym.checkpoint import (
     clean_partial,
     list_checkpoints,
@@ -56,8 +57,10 @@ from lmgym.preflight import check_context, check_prompt_lengths
 from lmgym.rewards.base import Reward, as_reward, load_reward_state, reward_state, walk
 from lmgym.rewards.factory import build_reward
 from lmgym.rollout.evaluation import evaluate
+from lmgym.rollout.metric_set import MetricSet
 from lmgym.rollout.rollout import check_generation_backend
 from lmgym.rollout.sampling import configure_tokenizer, generation_config
+from lmgym.trackers import Trackers, check_installed
 from lmgym.tracking import RunDir, run_folder
 
 
@@ -124,11 +127,14 @@ class Trainer:
             )
         self.check_processes()
         self.check_batch_sizes()
+        if self.dist.is_main:
+            check_installed(config.tracking.report_to)  # before a model is loaded or a folder written
         self._open_run_folder(resume, overwrite)
         torch.manual_seed(config.seed)
         self.dist.set_threads(config.threads)  # processes on one machine share its cores
         self.task = task or load_task(config.task, **config.task_args)
         self.reward = self._build_reward(reward)
+        self.metric_set = MetricSet.for_task(self.task, config.eval.metrics)  # eval.metrics, checked before loading
         self.train_samples: list[Sample] = self.task.split("train")
         self._check_prompts(loaded)
         self._build_models(loaded or load_model(config.model.name, config.model.dtype, config.model.trust_remote_code))
@@ -141,6 +147,7 @@ class Trainer:
         self.before_samples: list[dict[str, Any]] = []
         self.resumed = resume
         self.stop_reason: str | None = None
+        self.trackers = Trackers.none()  # opened when training starts (main process)
         self._prepare_run_dir(resume, overwrite)
         try:
             self.prepare_data()
@@ -355,10 +362,22 @@ class Trainer:
 
     def train(self) -> TrainResult:
         try:
-            return self._train()
+            if self.dist.is_main:
+                self.open_trackers()
+            result = self._train()
         except BaseException:
+            self.trackers.close(failed=True)
             self.discard_if_untrained()
             raise
+        self.trackers.close()
+        return result
+
+    def open_trackers(self) -> None:
+        """Start the experiment trackers (``tracking.report_to``), or continue their runs after a resume."""
+        resumed_from = self.start_iteration - 1 if self.start_iteration > 1 else None
+        self.trackers = Trackers.open(self.config, self.run, resumed_from)
+        if self.trackers.backends:
+            self.console.print(f"tracking: {self.trackers.describe()}", highlight=False)
 
     def _train(self) -> TrainResult:
         cfg = self.config
@@ -410,7 +429,8 @@ class Trainer:
         final_state = self.dist.full_state_dict(self.policy.model) if self.dist.sharded else None
         if self.dist.is_main:
             self.save_final(final_state)
-            self.run.plot()
+            self.write_model_card(last, after, self.run.plot())
+            self._call("on_save", self.run.final)  # final/ is complete: weights, extras, card
             self.report(after, after_records)
         self.dist.barrier()
         return TrainResult(self.run.root, self.before, after, history)
@@ -424,9 +444,10 @@ class Trainer:
         self.stop_reason = reason
 
     def log(self, record: dict[str, Any]) -> None:
-        """One record of metrics.jsonl (main process)."""
+        """One record of metrics.jsonl, also sent to the experiment trackers (main process)."""
         if self.dist.is_main:
             self.run.log_metrics(record)
+            self.trackers.log_record(record)
 
     def _call(self, hook: str, *args: Any) -> list[Any]:
         """Call ``hook`` on every callback that has it; an exception is the user's code (named)."""
@@ -475,11 +496,25 @@ class Trainer:
             )
         if not self.dist.is_main:
             return {}, []
+        self.add_metric_set(metrics, records)
         tag = {"iteration": iteration, "kind": "eval", **({"final": True} if final else {})}
         self.log({**tag, **{f"eval/{k}": v for k, v in metrics.items()}})
         self.run.log_samples([{**tag, **r} for r in records])
+        self.trackers.log_samples(iteration, records, self.config.tracking.samples)
         self._call("on_evaluate", iteration, metrics)
         return metrics, records
+
+    def add_metric_set(self, metrics: dict[str, float], records: list[dict[str, Any]]) -> None:
+        """Add the scores of ``eval.metrics`` (by default the task's metric set) to an evaluation's metrics (the
+        evaluation's own keys first) and each sample's values to its record; say once which cannot run here."""
+        scored = self.metric_set.score(self.eval_samples, [r["generation"] for r in records])
+        for key, value in scored.scores.items():
+            metrics.setdefault(key, value)
+        for key, values in scored.per_sample.items():
+            for record, value in zip(records, values, strict=True):
+                record.setdefault("metrics", {})[key] = value
+        for name, why in scored.missing.items():
+            self.console.print(f"eval.metrics: {name} is left out: {why}", highlight=False, markup=False)
 
     # --- numerical guards (algos/guards.py) -------------------------------------------------------
 
@@ -579,7 +614,22 @@ class Trainer:
             )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        self._call("on_save", final)
+
+    def write_model_card(self, iterations: int, after: dict[str, float], plot: Path | None) -> None:
+        """final/README.md: a Hugging Face model card (lmgym.algos.model_card) with the reward plot beside it."""
+        card = model_card(
+            self.config,
+            self.config.tracking.run_name or self.run.root.name,
+            self.task.description,
+            getattr(self.reward, "name", type(self.reward).__name__),
+            iterations,
+            self.max_new_tokens,
+            self.before or {},
+            after,
+            plot.name if plot is not None else None,
+            self.policy.is_seq2seq,
+        )
+        write_model_card(self.run.final, card, plot)
 
     def report(self, after: dict[str, float], after_records: list[dict[str, Any]]) -> None:
         print_comparison(self.console, self.before or {}, after, self.before_samples, after_records)

@@ -53,6 +53,7 @@ from rich.console import Console
 from lmgym.bench import grue_stats as stats
 from lmgym.bench.grue_stats import rl_vs_supervised
 from lmgym.config import TrainConfig, load_config
+from lmgym.data.task import Task
 from lmgym.errors import InputError, MissingFileError, StateError
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,6 @@ QUICK_OVERRIDES = (
 )
 
 TRAINER_EVAL_PROMPTS = 8  # prompts of a trained cell's own before/after evaluation (not the bench's scores)
-# Per task, a hook that adds what a metric needs to each sample's meta (module:function).
-META_HOOKS = {"dailydialog": "lmgym.data.tasks.dailydialog:annotate_predicted_intent"}
 # Names in a task's metric set that are not registry metrics: what the bench reports for them.
 FROM_EVALUATION = {"perplexity": "perplexity", "sentiment": "reward"}
 # Settings that name a cell rather than change it: left out of its fingerprint, so that a result file stays
@@ -396,12 +395,13 @@ class GrueBench:
         resume = (run / "config.yaml").exists()  # an interrupted cell continues from its checkpoint
         # The trainer's own before/after table needs only a glance; the bench scores the cell afterwards on
         # eval.num_prompts prompts (scoring them three times per cell would double a CPU run's cost).
-        scored_prompts = config.eval.num_prompts
+        scored_prompts, metrics = config.eval.num_prompts, config.eval.metrics
         config.eval.num_prompts = min(scored_prompts, TRAINER_EVAL_PROMPTS)
+        config.eval.metrics = []  # the task's metric set is the bench's to compute, on all its prompts
         t0 = time.perf_counter()
         train(config, resume=resume, overwrite=not resume, console=self.console)
         seconds = time.perf_counter() - t0
-        config.eval.num_prompts = scored_prompts
+        config.eval.num_prompts, config.eval.metrics = scored_prompts, metrics
         # Checkpoints only serve a cell interrupted mid-training; a trained one keeps final/ and its logs
         # (the matrix on the bundled model would otherwise hold ~40 GB of them).
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
@@ -546,7 +546,7 @@ def evaluate_cell(config: TrainConfig, model: str, base_model: str) -> Scored:
         config.eval.seed,
     )
     generations = [r["generation"] for r in records]
-    task_scores, missing, per_sample = task_metrics(task.name, task.metrics, samples, generations, scores)
+    task_scores, missing, per_sample = task_metrics(task, samples, generations, scores)
     for record, sample in zip(records, samples, strict=True):
         record["references"] = list(sample.references)
     scores = {**scores, **task_scores}
@@ -556,46 +556,28 @@ def evaluate_cell(config: TrainConfig, model: str, base_model: str) -> Scored:
 
 
 def task_metrics(
-    task: str, names: tuple[str, ...], samples: list, generations: list[str], evaluated: dict[str, float]
+    task: Task, samples: list, generations: list[str], evaluated: dict[str, float]
 ) -> tuple[dict[str, float], dict[str, str], dict[str, list[float]]]:
-    """Corpus scores of the task's metric set on ``generations``; for each metric that cannot run here or fails,
-    the reason (reported in the leaderboard instead of a score); the per-sample values of those that have them."""
-    import importlib
+    """Corpus scores of the task's metric set on ``generations`` (in the set's order); for each metric that cannot
+    run here or fails, the reason (reported in the leaderboard instead of a score); the per-sample values of
+    those that have them."""
+    from lmgym.rewards.catalog import metric_infos
+    from lmgym.rollout.metric_set import MetricSet
 
-    from lmgym.metrics.base import MissingRequirement
-    from lmgym.rewards.catalog import load_metric, metric_infos
-
-    prompts = [s.prompt for s in samples]
-    references = [list(s.references) for s in samples]
-    meta = [dict(s.meta) for s in samples]
-    if task in META_HOOKS:
-        module, function = META_HOOKS[task].split(":")
-        meta = getattr(importlib.import_module(module), function)(generations, meta)
+    registered = metric_infos()
+    scored = MetricSet([n for n in task.metrics if n in registered], task.annotate).score(samples, generations)
     scores: dict[str, float] = {}
     missing: dict[str, str] = {}
-    per_sample: dict[str, list[float]] = {}
-    registered = metric_infos()
-    for name in names:
+    for name in task.metrics:
         if name in FROM_EVALUATION:
             scores[name] = evaluated[FROM_EVALUATION[name]]
-            continue
-        if name not in registered:
+        elif name not in registered:
             missing[name] = "not a registered metric (`lmgym metrics` lists them)"
-            continue
-        try:
-            result = load_metric(name)(prompts, generations, references, meta)
-        except MissingRequirement as err:
-            missing[name] = str(err)
-            continue
-        except Exception as err:  # a broken metric costs its column, not the cell's other scores
-            log.warning("metric %r failed on task %r: %s", name, task, err)
-            missing[name] = f"failed: {type(err).__name__}: {err}"
-            continue
-        for key, value in result.items():
-            scores[key] = float(value.corpus)
-            if value.per_sample is not None:
-                per_sample[key] = [float(v) for v in value.per_sample]
-    return scores, missing, per_sample
+        elif name in scored.missing:
+            missing[name] = scored.missing[name]
+        else:
+            scores.update({key: scored.scores[key] for key in scored.keys[name]})
+    return scores, missing, scored.per_sample
 
 
 def per_prompt_values(

@@ -28,6 +28,9 @@ class Task:
     generation: dict[str, Any] = field(default_factory=dict)
     # Which end of an over-long prompt to cut ('left'/'right'); None: the model kind's default.
     truncation_side: str | None = None
+    # Adds to each held-out sample's meta what a metric of the set needs from its generation (generations, meta)
+    # -> meta; e.g. DailyDialog's predicted intent for intent_accuracy. None: the meta as it is.
+    annotate: Callable[[list[str], list[dict[str, Any]]], list[dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         for split in SPLITS:

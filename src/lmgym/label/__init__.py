@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 SERVER_PACKAGES = ("starlette", "uvicorn", "jinja2")
-STATS_PACKAGES = ("statsmodels",)
+STATS_PACKAGES = ("statsmodels", "sklearn")
 
 
 def missing_packages(stats: bool = False) -> str | None:

@@ -17,6 +17,7 @@ in ``requires`` and report it from ``missing()``; calling one whose requirement 
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,23 @@ from lmgym.errors import InputError, LmgymError
 
 class MissingRequirement(LmgymError, RuntimeError):
     """A metric cannot run here; the message says exactly what to install or supply."""
+
+
+# The packages of lmgym's `metrics` extra (pip names): the model-based metrics' heavy dependencies and CIDEr's and
+# SPICE's pycocoevalcap. A base install imports and trains without them.
+METRICS_EXTRA = ("bert-score", "mauve-text", "faiss-cpu", "scikit-learn", "pycocoevalcap")
+METRICS_EXTRA_PIP = "pip install 'lmgym[metrics]'"
+
+
+def missing_packages(*pairs: tuple[str, str]) -> str | None:
+    """``pairs`` of (import name, pip name); None when all import, else the pip command that installs the missing
+    ones: the `metrics` extra when it holds one of them, else the packages themselves."""
+    absent = [pip for module, pip in pairs if importlib.util.find_spec(module) is None]
+    if not absent:
+        return None
+    if any(pip in METRICS_EXTRA for pip in absent):
+        return f"`{METRICS_EXTRA_PIP}` ({', '.join(absent)})"
+    return f"`pip install {' '.join(absent)}`"
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lmgym.errors import InputError, StateError
-from lmgym.metrics.base import Metric, MetricResult, MetricValue, register_metric
-from lmgym.metrics.ngram import missing_packages
+from lmgym.metrics.base import METRICS_EXTRA_PIP, Metric, MetricResult, MetricValue, missing_packages, register_metric
 from lmgym.metrics.text import mean, require_references
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -297,7 +296,7 @@ class Spice(Metric):
             )
         spice_dir = self._spice_dir()
         if spice_dir is None or not (spice_dir / "spice-1.0.jar").is_file():
-            return "`pip install pycocoevalcap` (it ships the SPICE 1.0 jar)"
+            return f"`{METRICS_EXTRA_PIP}` (pycocoevalcap, which ships the SPICE 1.0 jar)"
         if all((spice_dir / "lib" / jar).is_file() for jar in CORENLP_JARS):
             return None
         if not self.corenlp_dir:

@@ -9,19 +9,12 @@ corpus-level statistic where the metric defines one (BLEU, chrF, TER), else the 
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Sequence
 
 from lmgym.errors import InputError
-from lmgym.metrics.base import Metric, MetricResult, MetricValue, register_metric
+from lmgym.metrics.base import Metric, MetricResult, MetricValue, missing_packages, register_metric
 from lmgym.metrics.text import mean, require_references, sentences, words
-
-
-def missing_packages(*pairs: tuple[str, str]) -> str | None:
-    """``pairs`` of (import name, pip name); None when all import, else the pip command for the missing ones."""
-    absent = [pip for module, pip in pairs if importlib.util.find_spec(module) is None]
-    return f"`pip install {' '.join(absent)}`" if absent else None
 
 
 def _reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | None]]:

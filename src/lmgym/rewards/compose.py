@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from lmgym.errors import InputError
-from lmgym.rewards.base import Reward, Scores, as_reward
+from lmgym.rewards.base import Reward, Scores, as_reward, walk
 
 
 def _gen_lengths(meta: Sequence[dict[str, Any]], who: str) -> list[int]:
@@ -74,7 +74,32 @@ class Affine(Reward):
         return [self.offset + self.scale * float(x) for x in scores]
 
 
-class WeightedSum(Reward):
+class Composed(Reward):
+    """A reward made of weighted parts. It keeps each part's scores of its last call (``last_part_scores``: per
+    part, one float per sample, a per-token part summed over its tokens), so that the training log can show
+    what each part gave a sample (`part_scores`) without scoring it twice."""
+
+    parts: list[tuple[float, Reward]]
+    last_part_scores: list[list[float]] | None = None
+
+    def children(self) -> list[Reward]:
+        return [r for _, r in self.parts]
+
+    def _score_parts(self, prompts, generations, references, meta) -> list[Scores]:
+        scores = [reward(prompts, generations, references, meta) for _, reward in self.parts]
+        try:
+            self.last_part_scores = [[_sample_total(s) for s in part] for part in scores]
+        except (TypeError, ValueError):  # a malformed score: the caller's combination reports it
+            self.last_part_scores = None
+        return scores
+
+
+def _sample_total(score: Any) -> float:
+    """A sample's score, summed over its tokens for a per-token reward."""
+    return float(sum(float(x) for x in score)) if hasattr(score, "__len__") else float(score)
+
+
+class WeightedSum(Composed):
     """Σ wᵢ · rewardᵢ per sample (per token when any part is per-token)."""
 
     def __init__(self, parts: Sequence[tuple[float, Reward]], name: str = "weighted_sum") -> None:
@@ -84,21 +109,18 @@ class WeightedSum(Reward):
         self.name = name
         self.per_token = any(r.per_token for _, r in self.parts)
 
-    def children(self) -> list[Reward]:
-        return [r for _, r in self.parts]
-
     def score(self, prompts, generations, references, meta) -> Scores:
         n = len(generations)
         if not self.per_token:
             total = [0.0] * n
-            for weight, reward in self.parts:
-                scores = reward(prompts, generations, references, meta)
+            scored = self._score_parts(prompts, generations, references, meta)
+            for (weight, _), scores in zip(self.parts, scored, strict=True):
                 total = [t + weight * float(s) for t, s in zip(total, scores, strict=True)]
             return total
         lengths = _gen_lengths(meta, f"reward {self.name!r}")
         rows = [[0.0] * k for k in lengths]
-        for weight, reward in self.parts:
-            scores = reward(prompts, generations, references, meta)
+        scored = self._score_parts(prompts, generations, references, meta)
+        for (weight, reward), scores in zip(self.parts, scored, strict=True):
             token_scores = scores if reward.per_token else at_last_token(scores, lengths)
             for row, part in zip(rows, token_scores, strict=True):
                 for t, value in enumerate(part):
@@ -106,7 +128,7 @@ class WeightedSum(Reward):
         return rows
 
 
-class Product(Reward):
+class Product(Composed):
     """Π rewardᵢ^wᵢ per sample (weights are exponents; 1 for a plain product). Sequence-level parts only."""
 
     def __init__(self, parts: Sequence[tuple[float, Reward]], name: str = "product") -> None:
@@ -118,15 +140,32 @@ class Product(Reward):
             raise InputError(f"Product takes sequence-level rewards only; {per_token[0]!r} is per-token")
         self.name = name
 
-    def children(self) -> list[Reward]:
-        return [r for _, r in self.parts]
-
     def score(self, prompts, generations, references, meta) -> list[float]:
         total = [1.0] * len(generations)
-        for weight, reward in self.parts:
-            scores = reward(prompts, generations, references, meta)
+        scored = self._score_parts(prompts, generations, references, meta)
+        for (weight, _), scores in zip(self.parts, scored, strict=True):
             total = [t * float(s) ** weight for t, s in zip(total, scores, strict=True)]
         return total
+
+
+def part_scores(reward: Reward, n: int) -> dict[str, list[float]]:
+    """The score each part of every sum or product in ``reward``'s tree gave each of the ``n`` samples of its
+    last call, by the part's name (``name#2``, ... when two parts share one). A call on another batch
+    (incremental shaping scores every prefix) does not match ``n`` and is left out."""
+    out: dict[str, list[float]] = {}
+    for _, node in walk(reward):
+        if not isinstance(node, Composed) or node.last_part_scores is None:
+            continue
+        for (_, part), scores in zip(node.parts, node.last_part_scores, strict=True):
+            if len(scores) != n:
+                continue
+            name = key = getattr(part, "name", "reward")
+            copy = 1
+            while key in out:
+                copy += 1
+                key = f"{name}#{copy}"
+            out[key] = scores
+    return out
 
 
 class Clip(Reward):

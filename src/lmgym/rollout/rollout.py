@@ -15,6 +15,7 @@ from lmgym.data.sample import Sample
 from lmgym.errors import InputError
 from lmgym.models.policy import Policy, ReferenceModel, TokenBatch
 from lmgym.rewards.base import Reward
+from lmgym.rewards.compose import part_scores
 from lmgym.rollout.sampling import decode, score_generations, tokenize_prompts
 
 
@@ -125,5 +126,26 @@ def collect_rollout(
         entropy=scores.entropy.clone() * mask,
         task_rewards=task_rewards,
         seconds=seconds,
-        extras={"n_truncated": n_truncated},
+        extras={"n_truncated": n_truncated, "reward_parts": part_scores(reward, len(samples))},
     )
+
+
+def sample_records(rollout: Rollout, kl: torch.Tensor) -> list[dict[str, Any]]:
+    """One record per sample for the run's rollouts.jsonl: its prompt and generation, the reward it was trained
+    on (summed over its tokens), what each part of a composed reward gave it (``reward_parts``, each part's own
+    score before its weight) and its KL to the reference (``kl``: Σ_t log πθ − log π0, nats; ``kl``: [B, G])."""
+    rewards, kls = rollout.sample_rewards.tolist(), kl.sum(-1).tolist()
+    parts: dict[str, list[float]] = rollout.extras.get("reward_parts", {})
+    return [
+        {
+            "id": sample.id,
+            "prompt": sample.prompt,
+            "generation": generation,
+            "reward": reward,
+            **({"reward_parts": {name: scores[i] for name, scores in parts.items()}} if parts else {}),
+            "kl": sample_kl,
+        }
+        for i, (sample, generation, reward, sample_kl) in enumerate(
+            zip(rollout.samples, rollout.generations, rewards, kls, strict=True)
+        )
+    ]

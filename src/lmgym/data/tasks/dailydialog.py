@@ -274,4 +274,5 @@ def dailydialog_task(
         f"{1 - intent_weight:g}·METEOR. Data: {describe_source('dailydialog', loaded.source)}.",
         metrics=METRICS,
         generation={"max_new_tokens": MAX_NEW_TOKENS},
+        annotate=annotate_predicted_intent,
     )
