@@ -9,6 +9,7 @@ from typing import Any
 # The GRUE tasks among them (imdb ... wmt16) each have a hub loader and an offline generator.
 from lmgym.data.task import _DESCRIPTIONS, _REGISTRY, Task
 from lmgym.data.tasks import (  # noqa: F401  (imported to register)
+    arithmetic,
     cnn_dailymail,
     commongen,
     dailydialog,

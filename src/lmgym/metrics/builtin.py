@@ -4,6 +4,7 @@
 from lmgym.metrics import (  # noqa: F401
     diversity,
     fluency,
+    math_answer,
     model_based,
     ngram,
     summac,
