@@ -151,5 +151,14 @@ def test_ops_restrict_the_operations() -> None:
         for step in s.meta["steps"]:
             value = value + step["right"] if step["op"] == "+" else value - step["right"]
         assert value == s.meta["answer"] > 0
-    with pytest.raises(InputError, match="task_args.ops"):
+    with pytest.raises(InputError, match=r"task_args\.ops"):
         arithmetic_task(ops="+^")
+
+
+def test_max_number_caps_every_count() -> None:
+    task = arithmetic_task(seed=1, levels=[1, 2], ops="+-*/", max_number=30, n_train=80, n_val=8, n_test=8)
+    steps = [st for s in task.split("train") for st in s.meta["steps"]]
+    numbers = [n for st in steps for n in (st["left"], st["right"], st["result"])]
+    assert max(numbers) <= 30 and min(numbers) >= 1
+    with pytest.raises(InputError, match=r"task_args\.max_number"):
+        arithmetic_task(max_number=5)

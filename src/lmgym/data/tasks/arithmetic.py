@@ -119,16 +119,16 @@ _QUESTIONS = (
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
 
 
-def _operand(rng: random.Random, op: str, value: int) -> int | None:
-    """A right operand for ``value op k`` that keeps the result a whole number in 1..MAX_VALUE; None if none."""
+def _operand(rng: random.Random, op: str, value: int, cap: int = MAX_VALUE) -> int | None:
+    """A right operand for ``value op k`` that keeps the result a whole number in 1..cap; None if none."""
     if op == "+":
-        high = min(20, MAX_VALUE - value)
+        high = min(20, cap - value)
         return rng.randint(2, high) if high >= 2 else None
     if op == "-":
         high = min(25, value - 1)
         return rng.randint(2, high) if high >= 2 else None
     if op == "*":
-        high = min(6, MAX_VALUE // value)
+        high = min(6, cap // value)
         return rng.randint(2, high) if high >= 2 else None
     divisors = [k for k in range(2, 7) if value % k == 0 and value // k >= 2]
     return rng.choice(divisors) if divisors else None
@@ -153,8 +153,11 @@ def _sentence(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
-def _problem(rng: random.Random, level: int, ops: str = "+-*/") -> tuple[str, list[dict[str, int | str]]]:
-    """One problem text (without the instruction) with ``level`` operations among ``ops``, and its steps."""
+def _problem(
+    rng: random.Random, level: int, ops: str = "+-*/", cap: int = MAX_VALUE
+) -> tuple[str, list[dict[str, int | str]]]:
+    """One problem text (without the instruction) with ``level`` operations among ``ops``, every count in
+    1..``cap``, and its steps."""
     owner = _Owner(*rng.choice(_PEOPLE))
     objs, container, containers = rng.choice(_OBJECTS)
     slots = {"objs": objs, "container": container, "containers": containers}
@@ -165,7 +168,7 @@ def _problem(rng: random.Random, level: int, ops: str = "+-*/") -> tuple[str, li
         sentences = [rng.choice(_START_TIMES).format(name=owner.name, a=a, b=b, **slots)]
         steps.append({"op": "*", "left": a, "right": b, "result": a * b})
     else:  # a start that suits the first operation: a multiple for ÷, room to take away for −
-        a = rng.randint(2, 10) * rng.choice((2, 3, 4, 5, 6)) if first == "/" else rng.randint(5, 30)
+        a = rng.randint(2, 10) * rng.choice((2, 3, 4, 5, 6)) if first == "/" else rng.randint(5, min(30, cap - 2))
         sentences = [rng.choice(_START).format(name=owner.name, a=a, **slots)]
     value = steps[-1]["result"] if steps else a
     owner.named_last = False
@@ -174,7 +177,7 @@ def _problem(rng: random.Random, level: int, ops: str = "+-*/") -> tuple[str, li
         choices = [first] if not steps and first != "*" else list(ops)
         rng.shuffle(choices)
         fallback = "+" if "+" in ops else ops[0]
-        op, k = next(((o, k) for o in choices if (k := _operand(rng, o, int(value))) is not None), (fallback, 2))
+        op, k = next(((o, k) for o in choices if (k := _operand(rng, o, int(value), cap)) is not None), (fallback, 2))
         phrase = rng.choice([p for p in _STEPS[op] if p not in used])  # no sentence pattern twice
         used.add(phrase)
         friend = _other(rng, owner.name)
@@ -204,7 +207,7 @@ def _levels(levels: int | Iterable[int]) -> tuple[int, ...]:
 
 
 def build_problems(
-    seed: int, n: int, levels: Iterable[int] = LEVELS, ops: str = "+-*/"
+    seed: int, n: int, levels: Iterable[int] = LEVELS, ops: str = "+-*/", max_number: int = MAX_VALUE
 ) -> list[tuple[str, dict[str, Any]]]:
     """``n`` distinct (prompt, meta) pairs drawn with ``random.Random(seed)``; the i-th has level
     ``levels[i % len(levels)]``, so every slice of the list is balanced across levels, and uses only the
@@ -213,6 +216,8 @@ def build_problems(
     levels = _levels(levels)
     if not ops or any(op not in _APPLY for op in ops) or len(set(ops)) != len(ops):
         raise InputError(f"task_args.ops must be some of the operations '+-*/' (each once), got {ops!r}")
+    if not 10 <= max_number <= MAX_VALUE:
+        raise InputError(f"task_args.max_number must be in [10, {MAX_VALUE}], got {max_number}")
     rng = random.Random(seed)
     seen: set[str] = set()
     out: list[tuple[str, dict[str, Any]]] = []
@@ -222,7 +227,9 @@ def build_problems(
         if attempts > max_attempts:
             raise InputError(f"could only build {len(out)} distinct problems, asked for {n}")
         level = levels[len(out) % len(levels)]
-        text, steps = _problem(rng, level, ops)
+        text, steps = _problem(rng, level, ops, max_number)
+        if max(max(int(st["left"]), int(st["right"]), int(st["result"])) for st in steps) > max_number:
+            continue  # a start of several groups (×) can exceed a small cap
         prompt = f"{text}\n{INSTRUCTION}"
         stated = {steps[0]["left"], *(step["right"] for step in steps)}
         if prompt in seen or steps[-1]["result"] in stated:  # copying a number of the problem never scores
@@ -241,9 +248,11 @@ def arithmetic_task(
     n_test: int = 256,
     max_new_tokens: int = MAX_NEW_TOKENS,
     ops: str = "+-*/",
+    max_number: int = MAX_VALUE,
 ) -> Task:
     r"""Word problems of ``levels`` (1, 2 and/or 3 operations), balanced across levels in every split, with the
-    operations in ``ops`` (``"+-"``: addition and subtraction only, the easiest).
+    operations in ``ops`` (``"+-"``: addition and subtraction only) and no number above ``max_number``: the
+    last two narrow the difficulty for small models.
 
     Prompts end with `INSTRUCTION` ("Answer with the final number in \boxed{}."); the reward is
     `math_answer` (1.0 for the right final answer, else 0.0)."""
@@ -254,7 +263,7 @@ def arithmetic_task(
     if max_new_tokens < 1:
         raise InputError(f"task_args.max_new_tokens must be >= 1, got {max_new_tokens}")
     # One pool of distinct problems cut into consecutive slices, so the splits cannot share a prompt.
-    pool = build_problems(seed, sum(sizes.values()), levels, ops)
+    pool = build_problems(seed, sum(sizes.values()), levels, ops, max_number)
     splits: dict[str, list[Sample]] = {}
     start = 0
     for split, size in sizes.items():
