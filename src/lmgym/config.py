@@ -442,9 +442,11 @@ class GuardConfig(Section):
     )
     rollback: bool = Field(
         True,
-        description="keep an in-memory copy of the trainable state of the last two iterations, so that a failure "
-        "saves the last good state as a checkpoint (costs twice the trainable weights + optimizer state in RAM); "
-        "off: a failure saves nothing and the newest periodic checkpoint is the one to resume from",
+        description="keep one host copy of the trainable state (weights that train + optimizer state; pinned, "
+        "copied asynchronously from a GPU, so no device memory), taken at each iteration's first optimizer step, "
+        "so that a NaN loss after a step, or a runaway KL, saves the last good state as a checkpoint. Off: no copy; "
+        "a failure before its iteration's first step still saves the (unchanged) state, later ones name the newest "
+        "periodic checkpoint instead",
     )
 
 

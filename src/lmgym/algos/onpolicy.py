@@ -100,7 +100,8 @@ class OnPolicyTrainer(Trainer):
         # Makes a resumed run exact; each rank samples its own stream (rank 0's is the single-process one).
         torch.manual_seed(self.config.seed * 1_000_003 + iteration + self.dist.rank * 2**32)
         self.iteration = iteration
-        self.snapshot(iteration - 1)
+        self.begin_iteration(iteration)
+        self.prepare_iteration(iteration)
         k = self.samples_per_prompt
         idx = prompt_indices(len(self.train_samples), self.config.rollout.batch_size // k, iteration, self.config.seed)
         idx = self.dist.shard(idx)  # this rank's prompts of the global batch
@@ -112,7 +113,7 @@ class OnPolicyTrainer(Trainer):
             error = err
         if self.dist.any(error is not None):  # all ranks stop together
             problem = str(error) if error else "a reward failed in another process (its error names the sample)"
-            self.fail(iteration, problem, self.last_snapshot(), cause=error)
+            self.fail(iteration, problem, self.rollback.current(), cause=error)
         rewards, kl = self.kl_penalised_rewards(rollout)
         self.check_kl(iteration, rollout, kl)
         advantages, returns = self.advantages(rollout, rewards)
@@ -123,9 +124,12 @@ class OnPolicyTrainer(Trainer):
                 if not math.isfinite(value):
                     raise TrainingError(f"the update's {key} is {value}")
         except TrainingError as err:
-            self.fail(iteration, str(err), self.last_snapshot(), cause=err)
+            self.fail(iteration, str(err), self.rollback.current(), cause=err)
         rollout.seconds["update"] = time.perf_counter() - t0
         return self.record(iteration, rollout, rewards, kl, returns, stats)
+
+    def prepare_iteration(self, iteration: int) -> None:
+        """Work at the start of an iteration, before its rollout (NLPO's mask refresh)."""
 
     def rollout(self, samples: list[Sample]) -> Rollout:
         return collect_rollout(
@@ -358,7 +362,7 @@ class OnPolicyTrainer(Trainer):
             return
         per_sample = (kl.sum(-1) / rollout.mask.sum(-1).clamp(min=1)).nan_to_num(float("inf"))
         worst = int(per_sample.argmax())
-        good = self._snapshots[0] if len(self._snapshots) == 2 else None
+        good = self.rollback.before_previous_update()
         self.fail(
             iteration,
             f"the KL to the reference is {per_token:.3g} nats per token, past guards.max_kl={bound}; the largest is "

@@ -235,6 +235,7 @@ class TRPOTrainer(OnPolicyTrainer):
         stats["trpo/expected_gain"] = float(g @ full_step)
 
         # 5. Backtracking line search on the measured surrogate and KL.
+        self.changing_state()  # the line search sets the parameters directly: the guards keep them first
         theta_old = parameters_to_vector(params).detach().clone()
         for backtracks in range(cfg.backtrack_iters):
             set_flat_params(params, theta_old + cfg.backtrack_coef**backtracks * full_step)
