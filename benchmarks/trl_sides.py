@@ -207,6 +207,7 @@ class _ForwardCounter:
 def _instrumented(trainer_cls: type) -> type:
     """``trainer_cls`` recording, per step, the update's shapes (for the FLOP estimate) and the forward passes
     of each model in the rollout outside generation (the score phase)."""
+    from lmgym.bench.speed import recorded_passes
 
     class Instrumented(trainer_cls):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -249,19 +250,10 @@ def _instrumented(trainer_cls: type) -> type:
         def update(self, rollout, advantages, returns):
             self._rows = 0
             cpu0 = time.process_time()
-            stats = super().update(rollout, advantages, returns)
+            with recorded_passes(self.policy.model) as passes:  # the shapes that ran (packed, trimmed, from trunk)
+                stats = super().update(rollout, advantages, returns)
             cpu_seconds = time.process_time() - cpu0
-            trunk = rollout.batch.trunk
-            self.update_log.append(
-                {
-                    "rows": self._rows,
-                    # A pass from kept trunk states leaves out the last token (never scored).
-                    "prompt_len": int(rollout.batch.prompt_ids.shape[1]) - (trunk is not None),
-                    "gen_len": int(rollout.batch.gen_ids.shape[1]),
-                    "skipped_blocks": trunk.depth if trunk is not None else 0,
-                    "cpu_seconds": cpu_seconds,
-                }
-            )
+            self.update_log.append({"rows": self._rows, "passes": passes, "cpu_seconds": cpu_seconds})
             return stats
 
     Instrumented.__name__ = f"Instrumented{trainer_cls.__name__}"
@@ -276,7 +268,7 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
     from rich.console import Console
 
     from lmgym.algos import get_trainer
-    from lmgym.bench.speed import matmul_peak, update_flops
+    from lmgym.bench.speed import matmul_peak, passes_flops
     from lmgym.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="lmgym-vs-trl-") as run_dir:
@@ -311,19 +303,7 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
         model = trainer.policy.model
         head = trainer.policy.value_head
         value_params = sum(p.numel() for p in head.parameters()) if head is not None else 0
-        keeps = getattr(model, "_supports_logits_to_keep", lambda: False)()  # logits at G + 1 positions only
-        flops = [
-            update_flops(
-                model,
-                u["rows"],
-                u["prompt_len"],
-                u["gen_len"],
-                head_positions=(u["gen_len"] + (not u["skipped_blocks"])) if keeps else u["prompt_len"] + u["gen_len"],
-                value_head_params=value_params,
-                skipped_blocks=u["skipped_blocks"],
-            )
-            for u in trainer.update_log
-        ]
+        flops = [passes_flops(model, u["passes"], value_params) for u in trainer.update_log]
         trainable = sum(p.numel() for p in trainer.policy.parameters() if p.requires_grad)
         return {
             "side": f"lmgym-{algo}",

@@ -402,6 +402,12 @@ class AccelerateConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="recompute each block's activations in the backward pass (less memory, ~30% slower)"
     )
+    fused_optimizer: bool = Field(
+        False,
+        description="AdamW's fused kernel (torch's fused=True, what transformers' Trainer uses by default): one pass "
+        "over each tensor per step, ~3.5x faster on a CPU. Its float rounding differs from the default kernel's in "
+        "the last bit, so a run with it is not bit-identical to one without. Ignored with FSDP sharding",
+    )
     sharding: Literal["auto", "none", "full", "grad_op"] = Field(
         "auto",
         description="shard the policy and reference over the processes with FSDP (torch fully_shard, one unit per "

@@ -160,3 +160,22 @@ def test_without_rollback_a_nan_loss_after_a_step_names_the_newest_checkpoint(tm
         train(None, args, console=quiet())
     steps = [step for step, _ in list_checkpoints(tmp_path / "no-copy-loss" / "checkpoints")]
     assert steps == [1, 2]  # nothing rejected, nothing written: the periodic ones are the ones to resume from
+
+
+def test_on_a_cpu_the_copy_is_freed_once_the_next_kl_guard_has_passed() -> None:
+    """The copy of the start of iteration N−1 is needed until N's KL guard has passed; then (host memory being
+    the training memory on a CPU) it is freed, and N's first step takes the next one."""
+    model, optimizer = _model_and_optimizer()
+    rollback = Rollback(copies=True)
+    rollback.begin(1, {})
+    _train_step(model, optimizer, rollback)
+    rollback.begin(2, {})
+    kept = rollback.before_previous_update().tensors
+    assert kept is not None and not kept.pinned and kept.nbytes >= 4 * (12 + 3 + 1)  # one flat buffer
+    rollback.release_previous()
+    assert rollback.before_previous_update() is None
+    assert rollback.current().tensors is None  # nothing changed yet in iteration 2: the live tensors
+    _train_step(model, optimizer, rollback)
+    assert rollback.current().tensors is not None
+    rollback.release_previous()  # the copy of the running iteration's start stays
+    assert rollback.current().tensors is not None

@@ -12,11 +12,13 @@ raises `TrainingError` naming the iteration and the offending sample:
 
 What is kept (`Rollback`): the trainer state (JSON: KL controller, reward statistics, loss scale) at the
 start of the current and of the previous iteration, and at most one copy of the trainable tensors
-(parameters that require grad, optimizer state, extra checkpoint modules), in host memory: pinned and
-copied asynchronously from an accelerator, so it costs no device memory. The copy is taken lazily, just
-before the first change of an iteration (its first optimizer step; TRPO's line search; NLPO's mask
-refresh), so the update's first backward pass runs without it, and the buffers are reused from one
-iteration to the next. Until an iteration changes anything, the live tensors are its starting state, so:
+(parameters that require grad, optimizer state, extra checkpoint modules), in host memory: one flat buffer,
+pinned and copied asynchronously from an accelerator, so it costs no device memory. The copy is taken
+lazily, just before the first change of an iteration (its first optimizer step; TRPO's line search; NLPO's
+mask refresh), so the update's first backward pass runs without it. It is needed until the next
+iteration's KL guard has passed; on a CPU it is then freed (`release_previous`), so the copy and the
+update's activations are never held at once when the update takes one optimizer step; a pinned buffer
+(a GPU run) is kept and reused. Until an iteration changes anything, the live tensors are its start, so:
 
 - a failure before iteration N's first change restores nothing: the live tensors are the good state;
 - a failure after it restores the copy, which holds the start of N;
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,39 +58,42 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class KeptTensors:
-    """Host copies of the trainable tensors, in buffers reused from one copy to the next."""
+    """Host copies of the trainable tensors: views into one flat buffer (one allocation, outside the heap that
+    the update's activations fragment; pinned, for asynchronous copies, when the tensors are on a GPU)."""
 
     params: dict[str, torch.Tensor] = field(default_factory=dict)  # the policy's trainable parameters, by name
     optimizer: list[dict[str, Any]] = field(default_factory=list)  # per parameter, in param_groups order
     groups: list[dict[str, Any]] = field(default_factory=list)  # the param_groups' settings (lr, betas, ...)
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra checkpoint modules
+    buffer: torch.Tensor | None = None  # the flat bytes all the copies are views of
+    pinned: bool = False
+    layout: list[tuple[torch.Size, torch.dtype]] = field(default_factory=list)  # of the views, in copy order
     event: Any = None  # a CUDA event recorded after asynchronous copies; waited on before the copy is read
 
     def wait(self) -> None:
         if self.event is not None:
             self.event.synchronize()
 
-
-def _host_buffer(like: torch.Tensor, old: torch.Tensor | None) -> torch.Tensor:
-    """A host tensor shaped as ``like``: ``old`` when it fits, else a new one (pinned when ``like`` is on a GPU,
-    so the copy into it can be asynchronous)."""
-    if old is not None and old.shape == like.shape and old.dtype == like.dtype:
-        return old
-    return torch.empty(like.shape, dtype=like.dtype, pin_memory=like.device.type == "cuda")
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.buffer is None else self.buffer.numel()
 
 
-def _copy_into(buffers: dict[str, Any], values: Iterator[tuple[str, Any]]) -> dict[str, Any]:
-    """Each tensor of ``values`` copied into its buffer of ``buffers`` (other values: deep copies)."""
-    out: dict[str, Any] = {}
-    for name, value in values:
-        if not isinstance(value, torch.Tensor):
-            out[name] = copy.deepcopy(value)
-            continue
-        local = _local(value.detach())
-        old = buffers.get(name)
-        out[name] = _host_buffer(local, old if isinstance(old, torch.Tensor) else None)
-        out[name].copy_(local, non_blocking=local.device.type == "cuda")
-    return out
+_ALIGN = 64  # bytes: every view starts at a multiple (cache lines; any dtype's alignment)
+
+
+def _views(buffer: torch.Tensor, layout: list[tuple[torch.Size, torch.dtype]]) -> list[torch.Tensor]:
+    views, offset = [], 0
+    for shape, dtype in layout:
+        size = shape.numel() * dtype.itemsize
+        views.append(buffer[offset : offset + size].view(dtype).view(shape))
+        offset += -(-size // _ALIGN) * _ALIGN
+    return views
+
+
+def _flat_buffer(layout: list[tuple[torch.Size, torch.dtype]], pinned: bool) -> torch.Tensor:
+    total = sum(-(-shape.numel() * dtype.itemsize // _ALIGN) * _ALIGN for shape, dtype in layout)
+    return torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=pinned)
 
 
 def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -102,21 +106,39 @@ def keep_tensors(
     optimizer: torch.optim.Optimizer,
     modules: dict[str, torch.nn.Module],
 ) -> KeptTensors:
-    """Copy the live trainable tensors into ``kept``'s buffers (new ones where the shapes changed)."""
-    kept = kept or KeptTensors()
-    kept.params = _copy_into(kept.params, ((n, p) for n, p in policy.named_parameters() if p.requires_grad))
-    old = kept.optimizer
-    kept.optimizer = [
-        _copy_into(old[i] if i < len(old) else {}, ((k, v) for k, v in optimizer.state.get(p, {}).items()))
-        for i, p in enumerate(optimizer_params(optimizer))
+    """Copy the live trainable tensors into ``kept``'s buffer (a new one when their shapes changed)."""
+    params = {n: p for n, p in policy.named_parameters() if p.requires_grad}
+    states = [dict(optimizer.state.get(p, {})) for p in optimizer_params(optimizer)]
+    module_states = {name: module.state_dict() for name, module in modules.items()}
+    # Every tensor to copy, in one order: parameters, optimizer state, modules (others are deep-copied).
+    sources = [
+        _local(t.detach())
+        for t in [
+            *params.values(),
+            *(v for state in states for v in state.values()),
+            *(v for state in module_states.values() for v in state.values()),
+        ]
+        if isinstance(t, torch.Tensor)
     ]
+    layout = [(t.shape, t.dtype) for t in sources]
+    on_gpu = any(t.is_cuda for t in sources)
+    kept = kept if kept is not None and kept.layout == layout else KeptTensors(layout=layout)
+    if kept.buffer is None:
+        kept.buffer, kept.pinned = _flat_buffer(layout, pinned=on_gpu), on_gpu
+    views = iter(_views(kept.buffer, layout))
+    for source in sources:
+        next(views).copy_(source, non_blocking=source.is_cuda)
+    views = iter(_views(kept.buffer, layout))
+
+    def mirror(values: dict[str, Any]) -> dict[str, Any]:
+        return {k: next(views) if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in values.items()}
+
+    kept.params = mirror(params)
+    kept.optimizer = [mirror(state) for state in states]
     kept.groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    kept.modules = {
-        name: _copy_into(kept.modules.get(name, {}), iter(module.state_dict().items()))
-        for name, module in modules.items()
-    }
+    kept.modules = {name: mirror(state) for name, state in module_states.items()}
     kept.event = None
-    if any(_local(p).is_cuda for p in policy.parameters()):
+    if on_gpu:
         kept.event = torch.cuda.Event()
         kept.event.record()
     return kept
@@ -176,6 +198,13 @@ class Rollback:
             self._kept = keep_tensors(self._kept, policy, optimizer, modules)
             self._kept_end = self.iteration - 1
         self._last_change = self.iteration
+
+    def release_previous(self) -> None:
+        """The running iteration's KL guard has passed: the start of the iteration before it is not needed any more.
+        A copy of it in pageable memory (a CPU run, where host memory is the training memory) is freed, so that
+        the update's activations can use that memory; a pinned one (a GPU run) is kept for the next copy."""
+        if self._kept is not None and self._kept_end < self.iteration - 1 and not self._kept.pinned:
+            self._kept = None
 
     def state_at_end_of(self, iteration: int) -> Snapshot | None:
         """The state at the end of ``iteration`` (this iteration − 1 or − 2), if it can still be had."""

@@ -116,6 +116,7 @@ class OnPolicyTrainer(Trainer):
             self.fail(iteration, problem, self.rollback.current(), cause=error)
         rewards, kl = self.kl_penalised_rewards(rollout)
         self.check_kl(iteration, rollout, kl)
+        self.rollback.release_previous()  # the start of the iteration before is no longer needed
         advantages, returns = self.advantages(rollout, rewards)
         t0 = time.perf_counter()
         try:
@@ -195,6 +196,7 @@ class OnPolicyTrainer(Trainer):
                 steps += 1
             if stopped is not None:
                 break
+        self.optimizer.zero_grad(set_to_none=True)  # the gradients are not needed until the next update
         # Every rank's sums hold its token-weighted share (weights average to 1 over the ranks).
         means = self.dist.mean_floats(sums)
         out = {k: v / (evaluated if k != "grad_norm" else max(steps, 1)) for k, v in means.items()}
@@ -234,7 +236,7 @@ class OnPolicyTrainer(Trainer):
         process may hold fewer samples of a minibatch than there are micro-batches, or none: an empty
         micro-batch then runs one sample with weight 0, so that every process makes the same collective calls
         (FSDP's forward and backward passes are collective)."""
-        micros = idx.tensor_split(self.config.accelerate.grad_accumulation_steps)
+        micros = micro_batch_order(rollout, idx).tensor_split(self.config.accelerate.grad_accumulation_steps)
         weights = self.dist.loss_weights([float(rollout.mask[m].sum()) for m in micros])
         sums: dict[str, float] = defaultdict(float)
         for micro, weight in zip(micros, weights, strict=True):
@@ -387,6 +389,16 @@ class OnPolicyTrainer(Trainer):
 
     def status_legend(self) -> str:
         return "task reward, KL (nats/seq), β, tokens"
+
+
+def micro_batch_order(rollout: Rollout, idx: torch.Tensor) -> torch.Tensor:
+    """A minibatch's samples ordered by prompt length, then by index, before it is cut into micro-batches: the
+    completions of one prompt (consecutive samples) stay together, so a packed pass runs their prompt once
+    (models/packing.py), and prompts of like length share a micro-batch, so less of it is padding. The sum of
+    the micro-batches' gradients is the minibatch's whatever the order."""
+    by_index = idx.sort().values
+    lengths = rollout.batch.prompt_mask[by_index].sum(-1)
+    return by_index[lengths.argsort(stable=True)]
 
 
 def explained_variance(

@@ -92,6 +92,16 @@ def prompt_indices(n_samples: int, batch_size: int, iteration: int, seed: int) -
     return out
 
 
+def adamw(groups: list[dict[str, Any]], lr: float, weight_decay: float, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW; ``fused``: torch's fused kernel (one pass over each parameter's tensors instead of one per arithmetic
+    operation, ~3.5x faster on a CPU), where it applies: plain float tensors on a CPU or a GPU, not FSDP's shards."""
+    params = [p for group in groups for p in group["params"]]
+    fused = fused and all(
+        type(p) is torch.nn.Parameter and p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    )
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 class Trainer:
     uses_critic = False  # builds a value head (on-policy actor-critics)
     supports_data_parallel = True  # runs with several processes (gradients averaged after each backward pass)
@@ -310,7 +320,12 @@ class Trainer:
         groups = [{"params": rest}]
         if head:
             groups.append({"params": head, "lr": cfg.value_head_lr or cfg.lr})
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return adamw(groups, cfg.lr, cfg.weight_decay, self.fused_optimizer)
+
+    @property
+    def fused_optimizer(self) -> bool:
+        """accelerate.fused_optimizer, where the fused kernel applies (not to FSDP's sharded parameters)."""
+        return self.config.accelerate.fused_optimizer and not self.dist.sharded
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
         """Create (or resume) the run folder. Every rank loads a resumed checkpoint (it holds the whole,
