@@ -100,6 +100,7 @@ class Settings:
     seed: int = 0
     reward_target: float = 0.5  # time to reward: the moving mean reward to reach
     matmul_size: int = 2048  # side of the square matrices of the fp32 peak measurement
+    rollback: bool = True  # lmgym's guards.rollback (its default): a host copy of the trainable state
 
     def __post_init__(self) -> None:
         if self.completions % self.k:
@@ -178,6 +179,7 @@ def lmgym_overrides(settings: Settings, algo: str, run_dir: str) -> list[str]:
         f"name=vs-trl-{algo}",
         "eval.num_prompts=4",
         "checkpoint.every=0",
+        f"guards.rollback={str(s.rollback).lower()}",
     ]
     if algo == "grpo":
         out += [f"grpo.k={s.k}", f"grpo.beta={s.beta}", "grpo.scale_rewards=true"]
@@ -207,6 +209,7 @@ class _ForwardCounter:
 def _instrumented(trainer_cls: type) -> type:
     """``trainer_cls`` recording, per step, the update's shapes (for the FLOP estimate) and the forward passes
     of each model in the rollout outside generation (the score phase)."""
+    from lmgym.bench.speed import recorded_forward_flops, recorded_passes
 
     class Instrumented(trainer_cls):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -226,12 +229,23 @@ def _instrumented(trainer_cls: type) -> type:
                     generating[0] = False
 
             model.generate = flagged_generate
+            self.generation_flops: list[float] = []
+            generate_and_score = self.policy.generate_and_score
+
+            def counted_generate_and_score(*a: Any, **kw: Any) -> Any:
+                with recorded_forward_flops(model) as calls:  # the prefill and every decoding step
+                    out = generate_and_score(*a, **kw)
+                self.generation_flops[-1] += sum(calls)
+                return out
+
+            self.policy.generate_and_score = counted_generate_and_score
             modules = {"policy": model, "reference": self.reference.lm}
             if self.policy.critic is not None:
                 modules["critic"] = self.policy.critic
             self._counter = _ForwardCounter(modules, generating)
 
         def rollout(self, samples):
+            self.generation_flops.append(0.0)  # this step's
             self._counter.counts = dict.fromkeys(self._counter.counts, 0)
             self._counter.active = True
             try:
@@ -249,19 +263,10 @@ def _instrumented(trainer_cls: type) -> type:
         def update(self, rollout, advantages, returns):
             self._rows = 0
             cpu0 = time.process_time()
-            stats = super().update(rollout, advantages, returns)
+            with recorded_passes(self.policy.model) as passes:  # the shapes that ran (packed, trimmed, from trunk)
+                stats = super().update(rollout, advantages, returns)
             cpu_seconds = time.process_time() - cpu0
-            trunk = rollout.batch.trunk
-            self.update_log.append(
-                {
-                    "rows": self._rows,
-                    # A pass from kept trunk states leaves out the last token (never scored).
-                    "prompt_len": int(rollout.batch.prompt_ids.shape[1]) - (trunk is not None),
-                    "gen_len": int(rollout.batch.gen_ids.shape[1]),
-                    "skipped_blocks": trunk.depth if trunk is not None else 0,
-                    "cpu_seconds": cpu_seconds,
-                }
-            )
+            self.update_log.append({"rows": self._rows, "passes": passes, "cpu_seconds": cpu_seconds})
             return stats
 
     Instrumented.__name__ = f"Instrumented{trainer_cls.__name__}"
@@ -276,7 +281,7 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
     from rich.console import Console
 
     from lmgym.algos import get_trainer
-    from lmgym.bench.speed import matmul_peak, update_flops
+    from lmgym.bench.speed import matmul_peak, passes_flops
     from lmgym.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="lmgym-vs-trl-") as run_dir:
@@ -311,19 +316,7 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
         model = trainer.policy.model
         head = trainer.policy.value_head
         value_params = sum(p.numel() for p in head.parameters()) if head is not None else 0
-        keeps = getattr(model, "_supports_logits_to_keep", lambda: False)()  # logits at G + 1 positions only
-        flops = [
-            update_flops(
-                model,
-                u["rows"],
-                u["prompt_len"],
-                u["gen_len"],
-                head_positions=(u["gen_len"] + (not u["skipped_blocks"])) if keeps else u["prompt_len"] + u["gen_len"],
-                value_head_params=value_params,
-                skipped_blocks=u["skipped_blocks"],
-            )
-            for u in trainer.update_log
-        ]
+        flops = [passes_flops(model, u["passes"], value_params) for u in trainer.update_log]
         trainable = sum(p.numel() for p in trainer.policy.parameters() if p.requires_grad)
         return {
             "side": f"lmgym-{algo}",
@@ -332,6 +325,7 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
             "steps": steps,
             "update_flops": flops,
             "update_cpu_seconds": [u["cpu_seconds"] for u in trainer.update_log],
+            "generation_flops": trainer.generation_flops,
             "matmul_peak_cpu_gflops": peak_cpu,
             "score_forwards": trainer.score_forwards,
             "matmul_peak_gflops": peak,
@@ -632,6 +626,14 @@ def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str,
         return sum(r["update_flops"][1:]) / seconds / 1e9 / peak
 
     fractions = {name: peak_fraction(r, "cpu") for name, r in ours.items()}
+    # Generation by the wall clock (its CPU time is not measured apart from the step's).
+    generation = {
+        name: sum(r["generation_flops"][1:])
+        / sum(s["seconds_generate"] for s in r["steps"][1:])
+        / 1e9
+        / r["matmul_peak_gflops"]
+        for name, r in ours.items()
+    }
     forwards = {
         name: max(max(c.values()) for c in r["score_forwards"]) for name, r in ours.items()
     }  # the most forward passes any one model made in one score phase
@@ -664,6 +666,7 @@ def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str,
             },
             "update_peak_fraction": fractions,
             "update_peak_fraction_wall_clock": {name: peak_fraction(r, "wall") for name, r in ours.items()},
+            "generation_peak_fraction_wall_clock": generation,
             "matmul_peak_gflops": {name: r["matmul_peak_gflops"] for name, r in results.items()},
             "matmul_peak_cpu_gflops": {name: r["matmul_peak_cpu_gflops"] for name, r in results.items()},
             "score_forwards_per_model_max": forwards,
@@ -678,11 +681,31 @@ def phase_profile(result: dict[str, Any]) -> dict[str, float]:
     return {p: median(s[f"seconds_{p}"] for s in timed) for p in ("generate", "score", "reward", "update")}
 
 
+PRESETS = {  # --setting: the fields each preset sets
+    "top8": {"trainable_layers": 8, "freeze_embeddings": True, "lr": 2e-4},
+    "full": {"trainable_layers": None, "freeze_embeddings": False, "lr": 2e-5},
+}
+
+
+def setting_name(settings: Settings) -> str:
+    """The preset ``settings`` match in what is trainable (top8, full), or "custom"."""
+    for name, fields_ in PRESETS.items():
+        if all(getattr(settings, k) == v for k, v in fields_.items() if k != "lr"):
+            return name
+    return "custom"
+
+
 def settings_from_argv(argv: list[str] | None = None) -> tuple[Settings, Any]:
     import argparse
 
     defaults = Settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--setting",
+        choices=sorted(PRESETS),
+        help="a preset of the fields below (given flags still win): top8 = the demo's (top 8 blocks, embeddings "
+        "frozen, lr 2e-4), full = a full fine-tune (every weight trainable, lr 2e-5)",
+    )
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
@@ -698,6 +721,9 @@ def settings_from_argv(argv: list[str] | None = None) -> tuple[Settings, Any]:
         "--max-seconds", type=float, help="comparison: start no round of steps after this many seconds of them"
     )
     parser.add_argument("--gate", help=argparse.SUPPRESS)  # "go,done" pipe fds: take turns with the other sides
+    preset, _ = parser.parse_known_args(argv)
+    if preset.setting:
+        parser.set_defaults(**PRESETS[preset.setting])
     args = parser.parse_args(argv)
     settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
     return settings, args

@@ -409,6 +409,12 @@ class AccelerateConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="recompute each block's activations in the backward pass (less memory, ~30% slower)"
     )
+    fused_optimizer: bool = Field(
+        True,
+        description="AdamW's fused kernel (torch's fused=True, what transformers' Trainer and TRL use by default): "
+        "one pass over each tensor per step, ~3.5x faster on a CPU. Its float rounding differs from the unfused "
+        "kernel's in the last bit, so runs with and without it are not bit-identical. Ignored with FSDP sharding",
+    )
     sharding: Literal["auto", "none", "full", "grad_op"] = Field(
         "auto",
         description="shard the policy and reference over the processes with FSDP (torch fully_shard, one unit per "
@@ -449,9 +455,11 @@ class GuardConfig(Section):
     )
     rollback: bool = Field(
         True,
-        description="keep an in-memory copy of the trainable state of the last two iterations, so that a failure "
-        "saves the last good state as a checkpoint (costs twice the trainable weights + optimizer state in RAM); "
-        "off: a failure saves nothing and the newest periodic checkpoint is the one to resume from",
+        description="keep one host copy of the trainable state (weights that train + optimizer state; pinned, "
+        "copied asynchronously from a GPU, so no device memory), taken at each iteration's first optimizer step, "
+        "so that a NaN loss after a step, or a runaway KL, saves the last good state as a checkpoint. Off: no copy; "
+        "a failure before its iteration's first step still saves the (unchanged) state, later ones name the newest "
+        "periodic checkpoint instead",
     )
 
 

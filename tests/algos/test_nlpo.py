@@ -301,7 +301,7 @@ LEARN = [
     "kl.coef=0",
     "nlpo.mask_update_every=2",
     "eval.num_prompts=32",
-    "iterations=12",
+    "iterations=16",  # 12 learn for most seeds; 16 for every seed tried (2, 3, 5), fused AdamW or not
     "seed=5",
 ]
 
@@ -312,7 +312,7 @@ def test_nlpo_learns_toy_task(tmp_path: Path) -> None:
     assert before < 0.05
     assert after > before + 0.5, f"held-out reward {before:.3f} -> {after:.3f}"
     history = result.history
-    assert [r["nlpo/mask_refreshed"] for r in history] == [float(i > 1 and (i - 1) % 2 == 0) for i in range(1, 13)]
+    assert [r["nlpo/mask_refreshed"] for r in history] == [float(i > 1 and (i - 1) % 2 == 0) for i in range(1, 17)]
     assert history[-1]["nlpo/mask_size"] < history[0]["nlpo/mask_size"] / 5  # the nucleus narrowed as it learned
     assert all(0.5 < r["nlpo/allowed_mass"] <= 1.0 for r in history)
 

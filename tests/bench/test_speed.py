@@ -10,7 +10,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import GenerationConfig
 
-from lmgym.bench.speed import PHASES, RESULT_KEYS, run_speed_benchmark, update_flops
+from lmgym.bench.speed import (
+    PHASES,
+    RESULT_KEYS,
+    passes_flops,
+    recorded_forward_flops,
+    recorded_passes,
+    run_speed_benchmark,
+    update_flops,
+)
 from lmgym.models.loading import load_model
 from lmgym.models.policy import Policy, ReferenceModel, TokenBatch, freeze
 
@@ -51,7 +59,8 @@ def test_update_flops_matches_flop_counter() -> None:
         scores = policy.score(batch, with_entropy=False)
         (scores.logprobs.sum() + scores.values.sum()).backward()
     value_params = sum(p.numel() for p in policy.value_head.parameters())
-    estimate = update_flops(loaded.model, B, P, G, head_positions=G + 1, value_head_params=value_params)
+    # The pass stops before the last generated token (nothing scores it): P + G − 1 tokens, the head at G.
+    estimate = update_flops(loaded.model, B, P - 1, G, head_positions=G, value_head_params=value_params)
     assert math.isclose(estimate, counter.get_total_flops(), rel_tol=0.02)
 
 
@@ -76,7 +85,7 @@ def test_update_flops_match_the_flop_counter_with_frozen_blocks(trainable_layers
         scores = policy.score(batch, with_entropy=False)
         (scores.logprobs.sum() + scores.values.sum()).backward()
     value_params = sum(p.numel() for p in policy.value_head.parameters())
-    estimate = update_flops(loaded.model, B, P, G, head_positions=G + 1, value_head_params=value_params)
+    estimate = update_flops(loaded.model, B, P - 1, G, head_positions=G, value_head_params=value_params)
     assert math.isclose(estimate, counter.get_total_flops(), rel_tol=0.03)
 
 
@@ -103,3 +112,45 @@ def test_update_flops_of_a_pass_from_kept_trunk_states() -> None:
         loaded.model, B, P - 1, 5, head_positions=5, value_head_params=value_params, skipped_blocks=1
     )
     assert math.isclose(estimate, counter.get_total_flops(), rel_tol=0.03)
+
+
+@pytest.mark.parametrize("trainable_layers", [None, 1])
+def test_recorded_passes_match_the_flop_counter_when_prompts_are_packed(trainable_layers: int | None) -> None:
+    """k completions per prompt: the pass is packed (models/packing.py); the FLOPs of the recorded pass shapes
+    against torch's counter (eager attention: its matmuls are counted)."""
+    torch.manual_seed(0)
+    loaded = load_model("tiny")
+    loaded.model.set_attn_implementation("eager")
+    freeze(loaded.model, embeddings=trainable_layers is not None, trainable_layers=trainable_layers)
+    policy = Policy(loaded.model, loaded.tokenizer, loaded.is_seq2seq)
+    B, P, G, k = 6, 12, 5, 3
+    prompt_ids = torch.randint(4, 400, (B // k, P)).repeat_interleave(k, 0)
+    prompt_mask = torch.ones(B, P, dtype=torch.long)
+    prompt_mask[:k, :4] = 0
+    batch = TokenBatch(prompt_ids, prompt_mask, torch.randint(4, 400, (B, G)), torch.ones(B, G, dtype=torch.long))
+    counter = FlopCounterMode(display=False)
+    with counter, recorded_passes(loaded.model) as passes:
+        scores = policy.score(batch, with_entropy=False)
+        (scores.logprobs.sum() + scores.values.sum()).backward()
+    # Two prompts of 8 and 12 tokens, each followed by its 3 completions' first G − 1 tokens: rows of 20 and 24.
+    assert [(p.rows, p.seq_len, p.head_outputs) for p in passes] == [(2, 24, 2 * (1 + k * (G - 1)))]
+    value_params = sum(p.numel() for p in policy.value_head.parameters())
+    estimate = passes_flops(loaded.model, passes, value_params)
+    assert math.isclose(estimate, counter.get_total_flops(), rel_tol=0.03)
+
+
+def test_generation_flops_match_the_flop_counter() -> None:
+    """The prefill and every decoding step of a sampled rollout (shared prefill of repeated prompts): the
+    recorded forward FLOPs against torch's counter (eager attention: its matmuls are counted)."""
+    torch.manual_seed(0)
+    loaded = load_model("tiny")
+    loaded.model.set_attn_implementation("eager")
+    policy = Policy(loaded.model, loaded.tokenizer, loaded.is_seq2seq)
+    enc = loaded.tokenizer(["the movie was", "a long story about a"], padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"].repeat_interleave(3, 0), enc["attention_mask"].repeat_interleave(3, 0)
+    generation = GenerationConfig(do_sample=True, max_new_tokens=6, min_new_tokens=6, top_k=0, pad_token_id=0)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter, recorded_forward_flops(loaded.model) as calls:
+        policy.generate_and_score(ids, mask, generation)
+    assert len(calls) > 6  # a prefill, then a call of the blocks and of the head per generated token
+    assert math.isclose(sum(calls), counter.get_total_flops(), rel_tol=0.05)

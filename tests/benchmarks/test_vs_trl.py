@@ -12,7 +12,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # the harness is not in the library
 
-from trl_sides import RESULT_KEYS, Settings, compare, moving_means, run_side, settings_from_argv, time_to_level
+from trl_sides import (
+    RESULT_KEYS,
+    Settings,
+    compare,
+    moving_means,
+    run_side,
+    setting_name,
+    settings_from_argv,
+    time_to_level,
+)
 
 needs_trl = pytest.mark.skipif(
     importlib.util.find_spec("trl") is None, reason="trl is not installed (pip install -e '.[bench]')"
@@ -36,7 +45,7 @@ def test_moving_mean_and_time_to_level() -> None:
 
 def test_compare_ratios_and_fallback_level() -> None:
     settings = Settings(model="tiny", steps=7, completions=8, k=4, micro_batch=4)
-    lmgym_extra = {"seconds_update": 1.0}
+    lmgym_extra = {"seconds_update": 1.0, "seconds_generate": 2.0}
     trl = {
         "steps": _steps([9.0] + [4.0] * 6, [0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4]),  # best moving mean 0.34
         "peak_rss_mib": 1000.0,
@@ -46,6 +55,7 @@ def test_compare_ratios_and_fallback_level() -> None:
     grpo = {
         "steps": _steps([9.0] + [2.0] * 6, [0.0, 0.3, 0.3, 0.5, 0.6, 0.7, 0.7], **lmgym_extra),
         "update_flops": [0.0] + [30e9] * 6,  # 30 GFLOP in 1 s of update = 30% of a 100 GFLOP/s peak
+        "generation_flops": [0.0] + [40e9] * 6,  # 40 GFLOP in 2 s of generation = 20% of the peak
         "update_cpu_seconds": [1.0] * 7,
         "matmul_peak_cpu_gflops": 100.0,
         "score_forwards": [{"policy": 0, "reference": 1}] * 7,
@@ -55,6 +65,7 @@ def test_compare_ratios_and_fallback_level() -> None:
     ppo = {
         "steps": _steps([9.0] + [3.0] * 6, [0.0] * 7, **lmgym_extra),
         "update_flops": [0.0] + [50e9] * 6,
+        "generation_flops": [0.0] + [60e9] * 6,
         "update_cpu_seconds": [1.0] * 7,
         "matmul_peak_cpu_gflops": 100.0,
         "score_forwards": [{"policy": 0, "reference": 1}] * 7,
@@ -66,6 +77,8 @@ def test_compare_ratios_and_fallback_level() -> None:
     assert ratios["ppo_step_ratio"] == pytest.approx(0.75)
     assert ratios["memory_ratio"] == pytest.approx(1.2)
     assert ratios["update_peak_fraction"] == pytest.approx(0.3)  # the lower of the two
+    generation = ratios["details"]["generation_peak_fraction_wall_clock"]
+    assert generation == pytest.approx({"lmgym-grpo": 0.2, "lmgym-ppo": 0.3})
     # TRL never reaches 0.5: the level becomes the best TRL reaches, 0.34 (steps 5, 6, 7 → its 7th step).
     ttr = ratios["details"]["time_to_reward"]
     assert ttr["level_is"] == "best level both reach" and ttr["level"] == pytest.approx(0.34)
@@ -81,6 +94,15 @@ def test_settings_round_trip_through_the_command_line() -> None:
     assert parsed == settings
     with pytest.raises(ValueError, match="multiple of micro_batch"):
         Settings(completions=8, micro_batch=3, k=4)
+
+
+def test_setting_presets() -> None:
+    full, _ = settings_from_argv(["--setting", "full", "--steps", "8"])
+    assert (full.trainable_layers, full.freeze_embeddings, full.lr, full.steps) == (None, False, 2e-5, 8)
+    assert setting_name(full) == "full"
+    assert setting_name(settings_from_argv([])[0]) == "top8"  # the defaults are the demo's setting
+    given, _ = settings_from_argv(["--setting", "full", "--lr", "1e-4", "--trainable-layers", "4"])
+    assert (given.lr, given.trainable_layers, setting_name(given)) == (1e-4, 4, "custom")  # flags win
 
 
 @needs_trl
@@ -112,8 +134,10 @@ def test_all_sides_run_on_the_tiny_model() -> None:
         # Generation logits reused: no policy forward in the score phase, one reference forward per batch.
         assert results[side]["score_forwards"] == [{"policy": 0, "reference": 1}] * 2
         assert all(f > 0 for f in results[side]["update_flops"])
+        assert len(results[side]["generation_flops"]) == 2 and all(f > 0 for f in results[side]["generation_flops"])
     ratios = compare(results, settings)
     for key in RESULT_KEYS:
         assert key in ratios
     for key in ("grpo_step_ratio", "ppo_step_ratio", "update_peak_fraction", "memory_ratio"):
         assert math.isfinite(ratios[key]) and ratios[key] > 0, key
+    assert all(0 < f < 10 for f in ratios["details"]["generation_peak_fraction_wall_clock"].values())

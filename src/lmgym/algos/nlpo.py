@@ -255,12 +255,14 @@ class NLPOTrainer(OnPolicyTrainer):
             self.mask_model.load_state_dict(self.dist.full_state_dict(self.policy.model, every_rank=True))
         self.mask_is_learner = True
 
-    def step(self, iteration: int) -> dict[str, Any]:
-        refreshed = self.refreshes_at(iteration)
-        if refreshed:
+    def prepare_iteration(self, iteration: int) -> None:
+        if self.refreshes_at(iteration):
+            self.changing_state()  # the mask policy is checkpointed state: the guards keep it first
             self.refresh_mask_policy()
+
+    def step(self, iteration: int) -> dict[str, Any]:
         record = super().step(iteration)
-        record["nlpo/mask_refreshed"] = float(refreshed)
+        record["nlpo/mask_refreshed"] = float(self.refreshes_at(iteration))
         return record
 
     # --- rollout: sample from π̃θ ----------------------------------------------------------------

@@ -84,6 +84,10 @@ class OfflineRunDir(RunDir):
 
 
 class OfflineTrainer(Trainer):
+    # One optimizer step per iteration, every check before it and no KL guard: the live state is always the good
+    # one, so the guards need no copy of it.
+    rollback_copies = False
+
     def prepare_data(self) -> None:
         self.run = OfflineRunDir(self.run.root)
         t0 = time.perf_counter()
@@ -163,7 +167,7 @@ class OfflineTrainer(Trainer):
 
     def step(self, iteration: int) -> dict[str, Any]:
         torch.manual_seed(self.config.seed * 1_000_003 + iteration)  # makes a resumed run exact
-        self.snapshot(iteration - 1)
+        self.begin_iteration(iteration)
         cfg = self.algo_config
         idx = prompt_indices(len(self.examples), cfg.batch_size, iteration, self.config.seed)
         examples = [self.examples[i] for i in self.dist.shard(idx)]  # this process's share of the batch
@@ -184,7 +188,7 @@ class OfflineTrainer(Trainer):
             self.dist.step(self.optimizer)
             self.after_optimizer_step(iteration)
         except TrainingError as err:
-            self.fail(iteration, str(err), self.last_snapshot(), cause=err)
+            self.fail(iteration, str(err), self.rollback.current(), cause=err)
         seconds = time.perf_counter() - t0
         values = {"loss/total": float(loss.detach()), "grad_norm": float(grad_norm)}
         values.update({k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in stats.items()})

@@ -100,7 +100,8 @@ class OnPolicyTrainer(Trainer):
         # Makes a resumed run exact; each rank samples its own stream (rank 0's is the single-process one).
         torch.manual_seed(self.config.seed * 1_000_003 + iteration + self.dist.rank * 2**32)
         self.iteration = iteration
-        self.snapshot(iteration - 1)
+        self.begin_iteration(iteration)
+        self.prepare_iteration(iteration)
         k = self.samples_per_prompt
         idx = prompt_indices(len(self.train_samples), self.config.rollout.batch_size // k, iteration, self.config.seed)
         idx = self.dist.shard(idx)  # this rank's prompts of the global batch
@@ -112,9 +113,10 @@ class OnPolicyTrainer(Trainer):
             error = err
         if self.dist.any(error is not None):  # all ranks stop together
             problem = str(error) if error else "a reward failed in another process (its error names the sample)"
-            self.fail(iteration, problem, self.last_snapshot(), cause=error)
+            self.fail(iteration, problem, self.rollback.current(), cause=error)
         rewards, kl = self.kl_penalised_rewards(rollout)
         self.check_kl(iteration, rollout, kl)
+        self.rollback.release_previous()  # the start of the iteration before is no longer needed
         advantages, returns = self.advantages(rollout, rewards)
         t0 = time.perf_counter()
         try:
@@ -123,7 +125,7 @@ class OnPolicyTrainer(Trainer):
                 if not math.isfinite(value):
                     raise TrainingError(f"the update's {key} is {value}")
         except TrainingError as err:
-            self.fail(iteration, str(err), self.last_snapshot(), cause=err)
+            self.fail(iteration, str(err), self.rollback.current(), cause=err)
         rollout.seconds["update"] = time.perf_counter() - t0
         every = self.config.rollout.log_samples_every
         if every and iteration % every == 0:
@@ -135,6 +137,9 @@ class OnPolicyTrainer(Trainer):
         shares = self.dist.gather_objects(sample_records(rollout, kl))
         if self.dist.is_main:
             self.run.log_rollouts([{"iteration": iteration, **r} for share in shares for r in share])
+
+    def prepare_iteration(self, iteration: int) -> None:
+        """Work at the start of an iteration, before its rollout (NLPO's mask refresh)."""
 
     def rollout(self, samples: list[Sample]) -> Rollout:
         return collect_rollout(
@@ -200,6 +205,7 @@ class OnPolicyTrainer(Trainer):
                 steps += 1
             if stopped is not None:
                 break
+        self.optimizer.zero_grad(set_to_none=True)  # the gradients are not needed until the next update
         # Every rank's sums hold its token-weighted share (weights average to 1 over the ranks).
         means = self.dist.mean_floats(sums)
         out = {k: v / (evaluated if k != "grad_norm" else max(steps, 1)) for k, v in means.items()}
@@ -239,7 +245,7 @@ class OnPolicyTrainer(Trainer):
         process may hold fewer samples of a minibatch than there are micro-batches, or none: an empty
         micro-batch then runs one sample with weight 0, so that every process makes the same collective calls
         (FSDP's forward and backward passes are collective)."""
-        micros = idx.tensor_split(self.config.accelerate.grad_accumulation_steps)
+        micros = micro_batch_order(rollout, idx).tensor_split(self.config.accelerate.grad_accumulation_steps)
         weights = self.dist.loss_weights([float(rollout.mask[m].sum()) for m in micros])
         sums: dict[str, float] = defaultdict(float)
         for micro, weight in zip(micros, weights, strict=True):
@@ -367,7 +373,7 @@ class OnPolicyTrainer(Trainer):
             return
         per_sample = (kl.sum(-1) / rollout.mask.sum(-1).clamp(min=1)).nan_to_num(float("inf"))
         worst = int(per_sample.argmax())
-        good = self._snapshots[0] if len(self._snapshots) == 2 else None
+        good = self.rollback.before_previous_update()
         self.fail(
             iteration,
             f"the KL to the reference is {per_token:.3g} nats per token, past guards.max_kl={bound}; the largest is "
@@ -392,6 +398,16 @@ class OnPolicyTrainer(Trainer):
 
     def status_legend(self) -> str:
         return "task reward, KL (nats/seq), β, tokens"
+
+
+def micro_batch_order(rollout: Rollout, idx: torch.Tensor) -> torch.Tensor:
+    """A minibatch's samples ordered by prompt length, then by index, before it is cut into micro-batches: the
+    completions of one prompt (consecutive samples) stay together, so a packed pass runs their prompt once
+    (models/packing.py), and prompts of like length share a micro-batch, so less of it is padding. The sum of
+    the micro-batches' gradients is the minibatch's whatever the order."""
+    by_index = idx.sort().values
+    lengths = rollout.batch.prompt_mask[by_index].sum(-1)
+    return by_index[lengths.argsort(stable=True)]
 
 
 def explained_variance(

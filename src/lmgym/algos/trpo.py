@@ -42,6 +42,7 @@ from torch.nn.utils import parameters_to_vector
 
 from lmgym.algos.losses import value_loss
 from lmgym.algos.onpolicy import OnPolicyTrainer
+from lmgym.algos.trainer import adamw
 from lmgym.errors import InputError
 from lmgym.models.policy import TokenBatch, forward_generated
 from lmgym.rollout.rollout import Rollout
@@ -118,7 +119,7 @@ class TRPOTrainer(OnPolicyTrainer):
         groups = [{"params": list(self.policy.value_head.parameters()), "lr": cfg.value_head_lr or cfg.lr}]
         if self.policy.critic is not None:
             groups.append({"params": [p for p in self.policy.critic.parameters() if p.requires_grad], "lr": cfg.lr})
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return adamw(groups, cfg.lr, cfg.weight_decay, self.fused_optimizer)
 
     def policy_params(self) -> list[torch.nn.Parameter]:
         """The LM's trainable parameters (the value head and a separate critic live outside ``policy.model``)."""
@@ -235,6 +236,7 @@ class TRPOTrainer(OnPolicyTrainer):
         stats["trpo/expected_gain"] = float(g @ full_step)
 
         # 5. Backtracking line search on the measured surrogate and KL.
+        self.changing_state()  # the line search sets the parameters directly: the guards keep them first
         theta_old = parameters_to_vector(params).detach().clone()
         for backtracks in range(cfg.backtrack_iters):
             set_flat_params(params, theta_old + cfg.backtrack_coef**backtracks * full_step)

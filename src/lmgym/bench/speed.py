@@ -17,6 +17,9 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -79,8 +82,9 @@ def update_flops(
     padding mask the kernels do not skip the causal half) and twice that backward. The LM head is applied at
     ``head_positions`` positions per row (logits_to_keep; default all S), the value head, trained, at gen_len.
     The bottom ``skipped_blocks`` do not run at all when the pass starts from states kept during generation
-    (models/trunk.py); the sequence is then one token shorter (the last is never scored). A separate critic
-    adds its own fully trained pass and an LM head forward (its logits do not enter the loss).
+    (models/trunk.py). A separate critic adds its own fully trained pass and an LM head forward (its logits do
+    not enter the loss). A causal pass (`lmgym.models.policy.forward_rows`) stops before the last generated
+    token, which nothing scores: its sequence is prompt_len + gen_len − 1 long, with the head at gen_len positions.
 
     seq2seq (approximate, every block trained: all decoder weights counted on the G decoder tokens):
         6·N_enc·rows·P + 6·N_dec·rows·G + (6 or 4)·N_head·rows·G + 6·N_value·rows·G
@@ -106,6 +110,31 @@ def update_flops(
         return float(total)
     S = prompt_len + gen_len
     K = min(head_positions or S, S)
+    return pass_flops(
+        model, rows, S, rows * K, value_head_params, rows * gen_len, separate_critic, skipped_blocks=skipped_blocks
+    )
+
+
+def pass_flops(
+    model: torch.nn.Module,
+    rows: int,
+    seq_len: int,
+    head_outputs: int,
+    value_head_params: int = 0,
+    value_outputs: int = 0,
+    separate_critic: bool = False,
+    skipped_blocks: int = 0,
+) -> float:
+    """Matmul FLOPs of forward + backward of one pass of a causal LM over ``rows`` × ``seq_len`` tokens, with the
+    LM head at ``head_outputs`` positions in all and the value head (trained) at ``value_outputs`` (the terms of
+    `update_flops`; a packed pass, models/packing.py, has its own rows, length and head positions)."""
+    from lmgym.models.policy import transformer_blocks
+
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    head_cost = 6 if head.requires_grad else 4
+    width = _attn_width(model)
+    S = seq_len
     tokens = rows * S
     blocks = [block for stack in transformer_blocks(model) for block in stack]
     trains = [any(p.requires_grad for p in block.parameters()) for block in blocks]
@@ -123,12 +152,106 @@ def update_flops(
         else:
             total += (6 if trainable else 4) * params * tokens + 3 * attention
     total += (6 if lowest < len(blocks) else 2) * rest * tokens
-    total += (head_cost if head.requires_grad or lowest < len(blocks) else 2) * head.numel() * rows * K
-    total += 6 * value_head_params * rows * gen_len
+    total += (head_cost if head.requires_grad or lowest < len(blocks) else 2) * head.numel() * head_outputs
+    total += 6 * value_head_params * value_outputs
     if separate_critic:  # every block of the critic trains; its LM head runs forward only
         block_params = sum(p.numel() for block in blocks for p in block.parameters())
-        total += 6 * (block_params + rest) * tokens + 3 * attention * len(blocks) + 2 * head.numel() * rows * K
+        total += 6 * (block_params + rest) * tokens + 3 * attention * len(blocks) + 2 * head.numel() * head_outputs
     return float(total)
+
+
+@dataclass
+class Pass:
+    """The shape of one forward pass of a causal LM: what `pass_flops` needs."""
+
+    rows: int
+    seq_len: int
+    head_outputs: int
+    skipped_blocks: int
+
+
+@contextmanager
+def recorded_passes(model: torch.nn.Module) -> Iterator[list[Pass]]:
+    """Record the shape of every forward call of ``model`` (a causal LM) while the context is open: rows, length,
+    logits kept (``logits_to_keep``: a count per row, or a boolean mask) and the bottom blocks a pass from kept
+    trunk states skips (models/trunk.py)."""
+    from lmgym.models.policy import transformer_blocks
+
+    depth = sum(len(stack) for stack in transformer_blocks(model))
+    passes: list[Pass] = []
+
+    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        rows, length = ids.shape
+        keep = kwargs.get("logits_to_keep", 0)
+        if isinstance(keep, torch.Tensor):
+            head = int(keep.sum()) if keep.dtype == torch.bool else keep.numel() * (rows if keep.dim() == 1 else 1)
+        else:
+            head = rows * (keep or length)
+        skipped = depth - sum(len(stack) for stack in transformer_blocks(model))
+        passes.append(Pass(rows, length, head, skipped))
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield passes
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def recorded_forward_flops(model: torch.nn.Module) -> Iterator[list[float]]:
+    """Matmul FLOPs of every forward call of a causal LM's blocks and LM head while the context is open, one
+    entry per call: 2 per weight per token, and 4·width per query per key for the attention. Made for
+    generation, whose calls differ in shape (a prefill of the prompts, then one token per row per decoding step
+    against a growing cache): the keys per query are the attention mask's length (causal masking left out)."""
+    from lmgym.models.policy import transformer_blocks
+
+    blocks = [block for stack in transformer_blocks(model) for block in stack]
+    block_params = sum(p.numel() for block in blocks for p in block.parameters())
+    width = _attn_width(model)
+    head = model.get_output_embeddings()
+    flops: list[float] = []
+
+    def blocks_hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs["inputs_embeds"][..., 0]
+        rows, queries = ids.shape
+        mask = kwargs.get("attention_mask")
+        keys = mask.shape[-1] if isinstance(mask, torch.Tensor) else queries
+        flops.append(2.0 * block_params * rows * queries + 4.0 * width * len(blocks) * rows * queries * keys)
+
+    def head_hook(_module: torch.nn.Module, args: tuple) -> None:
+        flops.append(2.0 * head.weight.numel() * args[0].shape[:-1].numel())
+
+    handles = [
+        model.get_decoder().register_forward_pre_hook(blocks_hook, with_kwargs=True),
+        head.register_forward_pre_hook(head_hook),
+    ]
+    try:
+        yield flops
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def passes_flops(
+    model: torch.nn.Module, passes: list[Pass], value_head_params: int = 0, separate_critic: bool = False
+) -> float:
+    """`pass_flops` summed over recorded passes (the value head, if any, at every row of logits)."""
+    return sum(
+        pass_flops(
+            model,
+            p.rows,
+            p.seq_len,
+            p.head_outputs,
+            value_head_params,
+            p.head_outputs if value_head_params else 0,
+            separate_critic,
+            p.skipped_blocks,
+        )
+        for p in passes
+    )
 
 
 # --- the instrumented trainer ---------------------------------------------------------------------
@@ -139,7 +262,7 @@ class _TimedPPOTrainer(PPOTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.update_log: list[dict[str, int]] = []
+        self.update_log: list[dict[str, Any]] = []
         self._rows = 0
         self._epochs = 0
 
@@ -152,7 +275,8 @@ class _TimedPPOTrainer(PPOTrainer):
 
     def update(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         self._rows, self._epochs = 0, 0
-        stats = super().update(rollout, advantages, returns)
+        with recorded_passes(self.policy.model) as passes:
+            stats = super().update(rollout, advantages, returns)
         self.update_log.append(
             {
                 "batch": int(rollout.batch.prompt_ids.shape[0]),
@@ -162,9 +286,28 @@ class _TimedPPOTrainer(PPOTrainer):
                 "rows": self._rows,
                 "epochs": self._epochs,
                 "optimizer_steps": int(stats["update_steps"]),
+                "passes": passes,
             }
         )
         return stats
+
+
+def _update_flops(trainer: _TimedPPOTrainer, update: dict[str, Any]) -> float:
+    """FLOPs of one logged update: its recorded passes (causal LMs), or the shapes it saw (encoder-decoders)."""
+    policy = trainer.policy
+    value_params = sum(p.numel() for p in policy.value_head.parameters()) if policy.value_head is not None else 0
+    separate = policy.critic is not None
+    if not policy.is_seq2seq:
+        return passes_flops(policy.model, update["passes"], value_params, separate)
+    return update_flops(
+        policy.model,
+        update["rows"],
+        update["prompt_len"],
+        update["gen_len"],
+        is_seq2seq=True,
+        value_head_params=value_params,
+        separate_critic=separate,
+    )
 
 
 # --- the fp32 matmul peak -------------------------------------------------------------------------
@@ -249,22 +392,7 @@ def run_speed_benchmark(
                 records.append(record)
             with console.status(f"fp32 matmul peak ({matmul_size}², {n_threads} threads)"):
                 peak, _ = matmul_peak(matmul_size)
-            keeps_logits = getattr(trainer.policy.model, "_supports_logits_to_keep", lambda: False)()
-            value_head = trainer.policy.value_head
-            value_params = sum(p.numel() for p in value_head.parameters()) if value_head is not None else 0
-            flops = [
-                update_flops(
-                    trainer.policy.model,
-                    u["rows"],
-                    u["prompt_len"],
-                    u["gen_len"],
-                    is_seq2seq=trainer.policy.is_seq2seq,
-                    head_positions=u["gen_len"] + 1 if keeps_logits else None,
-                    value_head_params=value_params,
-                    separate_critic=trainer.policy.critic is not None,
-                )
-                for u in trainer.update_log
-            ]
+            flops = [_update_flops(trainer, u) for u in trainer.update_log]
     finally:
         torch.set_num_threads(threads_before)
 

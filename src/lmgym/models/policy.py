@@ -13,13 +13,14 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmgym.errors import InputError
 from lmgym.models.chat import stop_token_ids
+from lmgym.models.logprobs import token_logprobs
 from lmgym.models.lora import adapters_disabled, is_peft_model
+from lmgym.models.packing import Packed, can_pack, pack
 from lmgym.models.prefill import prefill_distinct_prompts
 from lmgym.models.trunk import (
     TrunkStates,
@@ -44,6 +45,18 @@ class TokenBatch:
     def index(self, idx: torch.Tensor) -> TokenBatch:
         trunk = self.trunk.index(idx) if self.trunk is not None else None
         return TokenBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.gen_ids[idx], self.gen_mask[idx], trunk)
+
+    def trimmed(self) -> TokenBatch:
+        """Without the leading prompt columns that are padding in every row (a causal model's left padding, after
+        `index` picked a subset of rows): they change nothing but the work."""
+        real = torch.nonzero(self.prompt_mask.any(0)).flatten()
+        start = int(real[0]) if len(real) else 0
+        if start == 0:
+            return self
+        trunk = self.trunk
+        if trunk is not None:
+            trunk = TrunkStates(trunk.states[:, start:], trunk.depth, trunk.owners)
+        return TokenBatch(self.prompt_ids[:, start:], self.prompt_mask[:, start:], self.gen_ids, self.gen_mask, trunk)
 
     def to(self, device: torch.device) -> TokenBatch:
         """The batch on ``device`` (itself when it is already there, as on a CPU-only run)."""
@@ -86,16 +99,33 @@ def head_inputs(model: PreTrainedModel) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def forward_generated(model: PreTrainedModel, is_seq2seq: bool, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass; returns logits and final hidden states at the generated positions.
+@dataclass
+class Forward:
+    """One scoring pass: rows of logits [N, V] and of final hidden states [N, H], and the row that scores each
+    generated token (``rows`` [B, G]; None: N = B·G, in order)."""
 
-    Position ``t`` holds the state before generated token ``t``: its logits score
-    that token, its hidden state feeds the value head.
-    """
-    G = batch.gen_ids.shape[1]
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    shape: tuple[int, int]  # (B, G)
+    rows: torch.Tensor | None = None
+
+    def per_token(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-row ``values`` [N, ...] as [B, G, ...] (a copy only when rows are shared)."""
+        if self.rows is None:
+            return values.reshape(*self.shape, *values.shape[1:])
+        return values[self.rows]
+
+
+def forward_rows(model: PreTrainedModel, is_seq2seq: bool, batch: TokenBatch, packed: bool = True) -> Forward:
+    """One forward pass; the logits and final hidden states that score the generated tokens.
+
+    The state before generated token ``t`` scores it: its logits give the token's log-probability, its hidden
+    state feeds the value head. With ``packed`` (and a causal LM that allows it), a prompt shared by several
+    completions runs once (models/packing.py)."""
+    B, G = batch.gen_ids.shape
     batch = batch.to(next(model.parameters()).device)
-    with head_inputs(model) as hidden:
-        if is_seq2seq:
+    if is_seq2seq:
+        with head_inputs(model) as hidden:
             start = torch.full_like(batch.gen_ids[:, :1], model.config.decoder_start_token_id)
             out = model(
                 input_ids=batch.prompt_ids,
@@ -104,34 +134,57 @@ def forward_generated(model: PreTrainedModel, is_seq2seq: bool, batch: TokenBatc
                 decoder_attention_mask=torch.cat([torch.ones_like(start), batch.gen_mask[:, :-1]], dim=1),
                 use_cache=False,
             )
-            return out.logits, hidden[-1]
-        input_ids = torch.cat([batch.prompt_ids, batch.gen_ids], dim=1)
-        attention_mask = torch.cat([batch.prompt_mask, batch.gen_mask], dim=1)
-        # Left padding shifts every position; HF's forward (unlike generate) does not
-        # derive position ids from the mask, so pass them.
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        # The last token is never scored: the positions needed are the G before it. With the frozen bottom's
-        # states kept from generation (which stop before that token), the pass starts at the first trainable block.
-        from_trunk = can_start_from(model, batch.trunk)
-        if from_trunk:
-            input_ids, attention_mask, position_ids = input_ids[:, :-1], attention_mask[:, :-1], position_ids[:, :-1]
-        keep = G if from_trunk else G + 1
-        kwargs = {"logits_to_keep": keep} if getattr(model, "_supports_logits_to_keep", lambda: False)() else {}
-        with start_at_block(model, batch.trunk) if from_trunk else nullcontext():
-            out = model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs
-            )
-    logits, states = out.logits[:, -keep:], hidden[-1][:, -keep:]
-    return (logits, states) if from_trunk else (logits[:, :-1], states[:, :-1])
+        return Forward(out.logits.reshape(B * G, -1), hidden[-1].reshape(B * G, -1), (B, G))
+    batch = batch.trimmed()
+    if packed and can_pack(model, batch.prompt_ids, batch.prompt_mask):
+        layout = pack(
+            batch.prompt_ids, batch.prompt_mask, batch.gen_ids, batch.gen_mask, model.config._attn_implementation
+        )
+        if layout is not None:
+            return _forward_packed(model, batch, layout)
+    # The last token is never scored: the input stops before it, and the head runs at the G positions before it.
+    input_ids = torch.cat([batch.prompt_ids, batch.gen_ids[:, :-1]], dim=1)
+    attention_mask = torch.cat([batch.prompt_mask, batch.gen_mask[:, :-1]], dim=1)
+    # Left padding shifts every position; HF's forward (unlike generate) does not derive position ids from the
+    # mask, so pass them.
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs = {"logits_to_keep": G} if getattr(model, "_supports_logits_to_keep", lambda: False)() else {}
+    # With the frozen bottom's states kept from generation (models/trunk.py), the pass starts at the first
+    # trainable block.
+    from_trunk = can_start_from(model, batch.trunk)
+    with head_inputs(model) as hidden, start_at_block(model, batch.trunk) if from_trunk else nullcontext():
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs
+        )
+    logits, states = out.logits[:, -G:], hidden[-1][:, -G:]
+    return Forward(logits.reshape(B * G, -1), states.reshape(B * G, -1), (B, G))
+
+
+def _forward_packed(model: PreTrainedModel, batch: TokenBatch, layout: Packed) -> Forward:
+    trunk = batch.trunk
+    from_trunk = can_start_from(model, trunk)
+    if from_trunk:  # the kept states, moved to the packed layout
+        flat = trunk.states.reshape(-1, trunk.states.shape[-1])
+        trunk = TrunkStates(flat[layout.sources], trunk.depth, trunk.owners)
+    with head_inputs(model) as hidden, start_at_block(model, trunk) if from_trunk else nullcontext():
+        out = model(
+            input_ids=layout.input_ids,
+            attention_mask=layout.attention_mask,
+            position_ids=layout.position_ids,
+            use_cache=False,
+            logits_to_keep=layout.keep,
+        )
+    return Forward(out.logits, hidden[-1], tuple(batch.gen_ids.shape), layout.rows)
+
+
+def forward_generated(model: PreTrainedModel, is_seq2seq: bool, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """`forward_rows` as logits [B, G, V] and final hidden states [B, G, H] at the generated positions."""
+    fwd = forward_rows(model, is_seq2seq, batch)
+    return fwd.per_token(fwd.logits), fwd.per_token(fwd.hidden)
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    return torch.gather(F.log_softmax(logits, dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    logp = F.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    return token_logprobs(logits, tokens)[0]
 
 
 def make_generation_config(tokenizer: PreTrainedTokenizerBase, **settings: object) -> GenerationConfig:
@@ -203,33 +256,32 @@ class Policy(nn.Module):
         keep_logits: bool = False,
     ) -> Scores:
         """Log-probs, entropies and values of every generated token in one forward pass."""
-        logits, hidden = forward_generated(self.model, self.is_seq2seq, batch)
-        return self._scores(batch, logits, hidden, temperature, with_values, with_entropy, keep_logits)
+        fwd = forward_rows(self.model, self.is_seq2seq, batch)
+        return self._scores(batch, fwd, temperature, with_values, with_entropy, keep_logits)
 
     def _scores(
         self,
         batch: TokenBatch,
-        logits: torch.Tensor,
-        hidden: torch.Tensor,
+        fwd: Forward,
         temperature: float,
         with_values: bool,
         with_entropy: bool,
         keep_logits: bool,
     ) -> Scores:
-        logits = logits.float()
-        if temperature != 1.0:  # skips a copy of the [B, G, V] logits in the common case
-            logits = logits / temperature
+        logits = fwd.logits
+        if temperature != 1.0:  # skips a copy of the logits in the common case
+            logits = logits.float() / temperature
         values = None
         if with_values and self.value_head is not None:
-            if self.critic is not None:
-                _, hidden = forward_generated(self.critic, self.is_seq2seq, batch)
-            values = self.value_head(hidden.float()).squeeze(-1)
-        logp = F.log_softmax(logits, dim=-1)  # once, for the log-probs and the entropy
+            critic = forward_rows(self.critic, self.is_seq2seq, batch) if self.critic is not None else fwd
+            values = critic.per_token(self.value_head(critic.hidden.float()).squeeze(-1))
+        # The taken tokens' log-probs and the entropies without [N, V] temporaries (models/logprobs.py).
+        logprobs, entropy = token_logprobs(logits, batch.gen_ids, fwd.rows, with_entropy)
         return Scores(
-            logprobs=torch.gather(logp, -1, batch.gen_ids.unsqueeze(-1)).squeeze(-1),
-            entropy=-(logp.exp() * logp).sum(-1) if with_entropy else None,
+            logprobs=logprobs,
+            entropy=entropy,
             values=values,
-            logits=logits if keep_logits else None,
+            logits=fwd.per_token(logits.float()) if keep_logits else None,
         )
 
     @torch.no_grad()
@@ -272,16 +324,16 @@ class Policy(nn.Module):
                 **self._sync_kwargs(),
             )
         gen_ids = out.sequences[:, 1:] if self.is_seq2seq else out.sequences[:, prompt_ids.shape[1] :]
-        G = gen_ids.shape[1]
+        B, G = gen_ids.shape
         trunk = None
         if depth:
             states = torch.cat(kept, dim=1)  # [B, P + G − 1, H]: the prefill, then one position per step
             if states.shape[1] == prompt_ids.shape[1] + G - 1:
                 trunk = TrunkStates(states, depth, trunk_owners(self.model, depth))
         batch = TokenBatch(prompt_ids, prompt_mask, gen_ids, self._mask(gen_ids), trunk)
-        logits = torch.stack(out.logits[:G], dim=1)  # [B, G, V]
-        states = torch.stack([h[:, -1] for h in hidden[:G]], dim=1)  # [B, G, H]
-        return batch, self._scores(batch, logits, states, temperature, True, True, False)
+        logits = torch.stack(out.logits[:G], dim=1).reshape(B * G, -1)  # [B·G, V]
+        states = torch.stack([h[:, -1] for h in hidden[:G]], dim=1).reshape(B * G, -1)  # [B·G, H]
+        return batch, self._scores(batch, Forward(logits, states, (B, G)), temperature, True, True, False)
 
     def _sync_kwargs(self) -> dict[str, bool]:
         """A rank whose sequences have all ended keeps joining the others' forward passes (``synced_gpus``)."""
@@ -380,12 +432,10 @@ class ReferenceModel(nn.Module):
 
     @torch.inference_mode()
     def logprobs(self, batch: TokenBatch, temperature: float = 1.0) -> torch.Tensor:
-        if self.shares_base:
-            with adapters_disabled(self._shared[0]):
-                logits, _ = forward_generated(self._shared[0], self.is_seq2seq, batch)
-        else:
-            logits, _ = forward_generated(self.model, self.is_seq2seq, batch)
-        return logprobs_from_logits(logits.float() / temperature, batch.gen_ids)
+        with adapters_disabled(self._shared[0]) if self.shares_base else nullcontext():
+            fwd = forward_rows(self.lm, self.is_seq2seq, batch)
+        logits = fwd.logits if temperature == 1.0 else fwd.logits.float() / temperature
+        return token_logprobs(logits, batch.gen_ids, fwd.rows)[0]
 
 
 def gradient_checkpointing(model: nn.Module) -> None:
