@@ -33,6 +33,7 @@ previous update) then saves nothing and names the newest checkpoint instead.
 from __future__ import annotations
 
 import copy
+import ctypes
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,17 @@ def _views(buffer: torch.Tensor, layout: list[tuple[torch.Size, torch.dtype]]) -
 def _flat_buffer(layout: list[tuple[torch.Size, torch.dtype]], pinned: bool) -> torch.Tensor:
     total = sum(-(-shape.numel() * dtype.itemsize // _ALIGN) * _ALIGN for shape, dtype in layout)
     return torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=pinned)
+
+
+def release_free_heap() -> None:
+    """Give the heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing). The update's
+    activations, freed by now, stay in the process's resident memory otherwise, and a host copy allocated after
+    them would add to that high-water mark instead of reusing it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc_trim(0)
 
 
 def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -195,6 +207,8 @@ class Rollback:
         if self._last_change == self.iteration:
             return
         if self.copies:
+            if self._kept is None or not self._kept.pinned:
+                release_free_heap()
             self._kept = keep_tensors(self._kept, policy, optimizer, modules)
             self._kept_end = self.iteration - 1
         self._last_change = self.iteration
