@@ -57,16 +57,19 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install -q -e '.[bench]'
 	touch $(BENCH_STAMP)
 
-# lmgym vs TRL's GRPOTrainer on the bundled model, in two settings (about 35 minutes on this 2-core CPU): the demo's
+# lmgym vs TRL's GRPOTrainer on the bundled model, in two settings (about 25 minutes on this 2-core CPU): the demo's
 # (top 8 blocks trainable) and a full fine-tune (every weight, lr 2e-5). Each ends in one JSON line with its setting.
 bench: $(BENCH_STAMP)
-	$(BIN)/python benchmarks/vs_trl.py --setting top8 --max-seconds 1140
+	$(BIN)/python benchmarks/vs_trl.py --setting top8 --max-seconds 600
 	$(BIN)/python benchmarks/vs_trl.py --setting full --steps 8
 
-# The full offline GRUE matrix (7 tasks × zero-shot, sft, ppo, nlpo, sft+ppo, sft+nlpo) on the bundled model,
-# 120 s of training per trained cell: about two and a half hours on this 2-core CPU. Rerun to continue it.
+# The full offline GRUE matrix (7 tasks × zero-shot, sft, ppo, nlpo, sft+ppo, sft+nlpo) on the bundled model, 3 seeds
+# per trained cell, each trained for its config's iterations (20 per RL cell; --budget only caps a runaway cell),
+# 128 held-out prompts per cell: about 20 minutes per task and seed on this 2-core CPU, seven hours in all. Rerun to
+# continue it; the result files go to benchmarks/results/grue-offline/cells (commit them), then the leaderboard:
+# lmgym bench grue --report --out benchmarks/results/grue-offline
 bench-grue: $(STAMP) wordnet
-	$(BIN)/lmgym bench grue --out runs/grue-offline --budget 120
+	$(BIN)/lmgym bench grue --out runs/grue-offline --budget 900 --seeds 3 --results benchmarks/results/grue-offline/cells
 
 # Seconds per phase of one lmgym PPO iteration, tokens/s, update FLOP/s against the matmul peak.
 bench-speed: $(STAMP)

@@ -156,3 +156,20 @@ def test_token_logprobs_match_log_softmax_with_shared_rows() -> None:
     logits.grad = None
     (torch.log_softmax(logits, -1)[rows, tokens] * a).sum().backward()
     torch.testing.assert_close(fused, logits.grad)
+
+
+@pytest.mark.parametrize("with_entropy", [False, True])
+def test_token_logprobs_of_bf16_logits(with_entropy: bool) -> None:
+    """bf16 logits (autocast) take the general path, with or without an entropy gradient."""
+    torch.manual_seed(0)
+    logits = (torch.randn(5, 40) * 3).to(torch.bfloat16).requires_grad_()
+    tokens = torch.randint(0, 40, (5,))
+    logprobs, entropy = token_logprobs(logits, tokens, with_entropy=with_entropy)
+    (logprobs.sum() + (entropy.sum() if with_entropy else 0)).backward()
+    fused = logits.grad.float().clone()
+    logits.grad = None
+    logp = torch.log_softmax(logits.float(), -1)
+    expected = logp[torch.arange(5), tokens].sum() + ((-(logp.exp() * logp).sum(-1)).sum() if with_entropy else 0)
+    expected.backward()
+    assert logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(fused, logits.grad.float(), rtol=2e-2, atol=2e-2)

@@ -71,6 +71,9 @@ class _TokenLogprobs(torch.autograd.Function):
                 continue
             logp = logits[start:stop].float() - lse[start:stop].unsqueeze(-1)
             p = torch.exp(logp)
+            if per_row_h is None:  # a low-precision dtype without an entropy gradient: −p·(Σ g_lp)
+                out.copy_(p.mul_(per_row_lp[start:stop].neg().unsqueeze(-1)))
+                continue
             logp.add_(entropy[start:stop].unsqueeze(-1)).mul_(per_row_h[start:stop].unsqueeze(-1))
             out.copy_(logp.add_(per_row_lp[start:stop].unsqueeze(-1)).mul_(p).neg_())
         grad.index_put_((rows, tokens), grad_logprobs.to(grad.dtype), accumulate=True)
