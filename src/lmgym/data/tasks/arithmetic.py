@@ -28,7 +28,7 @@ from typing import Any
 
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task, register_task
-from lmgym.data.tasks.common import metric_reward
+from lmgym.data.tasks.common import distinct_draws, metric_reward
 from lmgym.errors import InputError, WrongTypeError
 
 INSTRUCTION = r"Answer with the final number in \boxed{}."
@@ -218,25 +218,18 @@ def build_problems(
         raise InputError(f"task_args.ops must be some of the operations '+-*/' (each once), got {ops!r}")
     if not 10 <= max_number <= MAX_VALUE:
         raise InputError(f"task_args.max_number must be in [10, {MAX_VALUE}], got {max_number}")
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    out: list[tuple[str, dict[str, Any]]] = []
-    attempts, max_attempts = 0, 50 * n + 1000
-    while len(out) < n:
-        attempts += 1
-        if attempts > max_attempts:
-            raise InputError(f"could only build {len(out)} distinct problems, asked for {n}")
-        level = levels[len(out) % len(levels)]
+
+    def draw(rng: random.Random, kept: int) -> tuple[str, dict[str, Any]] | None:
+        level = levels[kept % len(levels)]
         text, steps = _problem(rng, level, ops, max_number)
         if max(max(int(st["left"]), int(st["right"]), int(st["result"])) for st in steps) > max_number:
-            continue  # a start of several groups (×) can exceed a small cap
-        prompt = f"{text}\n{INSTRUCTION}"
+            return None  # a start of several groups (×) can exceed a small cap
         stated = {steps[0]["left"], *(step["right"] for step in steps)}
-        if prompt in seen or steps[-1]["result"] in stated:  # copying a number of the problem never scores
-            continue
-        seen.add(prompt)
-        out.append((prompt, {"answer": int(steps[-1]["result"]), "level": level, "steps": steps}))
-    return out
+        if steps[-1]["result"] in stated:  # copying a number of the problem never scores
+            return None
+        return f"{text}\n{INSTRUCTION}", {"answer": int(steps[-1]["result"]), "level": level, "steps": steps}
+
+    return distinct_draws(seed, n, draw, "problems")
 
 
 @register_task("arithmetic", "Arithmetic word problems (1-3 steps) with integer answers; reward: exact final answer.")

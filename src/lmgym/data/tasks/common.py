@@ -22,6 +22,31 @@ OUR_SPLITS = ("train", "val", "test")
 HUB_SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))
 
 
+def distinct_draws(
+    seed: int,
+    n: int,
+    draw: Callable[[random.Random, int], tuple[str, dict[str, Any]] | None],
+    what: str = "prompts",
+) -> list[tuple[str, dict[str, Any]]]:
+    """`n` (text, meta) pairs with distinct texts, in draw order, from ``draw(rng, k)`` (k: how many are kept
+    so far; None rejects the draw) with ``random.Random(seed)``; an error after 50·n + 1000 draws."""
+    if n < 0:
+        raise InputError(f"n must be >= 0, got {n}")
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out: list[tuple[str, dict[str, Any]]] = []
+    for _ in range(50 * n + 1000):
+        if len(out) == n:
+            return out
+        drawn = draw(rng, len(out))
+        if drawn is not None and drawn[0] not in seen:
+            seen.add(drawn[0])
+            out.append(drawn)
+    if len(out) == n:
+        return out
+    raise InputError(f"could only build {len(out)} distinct {what}, asked for {n}")
+
+
 def resolve_sizes(
     n_train: int | None, n_val: int | None, n_test: int | None, offline_defaults: tuple[int, int, int], offline: bool
 ) -> dict[str, int | None]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from lmgym.data.sample import Sample
 from lmgym.data.task import Task, register_task
+from lmgym.data.tasks.common import distinct_draws
 from lmgym.errors import InputError
 from lmgym.rewards.sentiment import VaderSentiment
 
@@ -187,22 +188,12 @@ def _draw(rng: random.Random) -> tuple[str, dict[str, Any]]:
 
 def _build(seed: int, n: int) -> list[tuple[str, dict[str, Any]]]:
     """`n` distinct openings (with metadata) in generation order, drawn with `random.Random(seed)`."""
-    if n < 0:
-        raise InputError(f"n must be >= 0, got {n}")
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    out: list[tuple[str, dict[str, Any]]] = []
-    attempts, max_attempts = 0, 50 * n + 1000
-    while len(out) < n:
-        attempts += 1
-        if attempts > max_attempts:
-            raise InputError(f"could only build {len(out)} distinct prompts, asked for {n}")
+
+    def draw(rng: random.Random, _kept: int) -> tuple[str, dict[str, Any]] | None:
         text, meta = _draw(rng)
-        if text in seen or not MIN_WORDS <= len(text.split()) <= MAX_WORDS:
-            continue
-        seen.add(text)
-        out.append((text, meta))
-    return out
+        return (text, meta) if MIN_WORDS <= len(text.split()) <= MAX_WORDS else None
+
+    return distinct_draws(seed, n, draw)
 
 
 def build_prompts(seed: int, n: int) -> list[str]:
