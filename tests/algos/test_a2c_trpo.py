@@ -91,7 +91,7 @@ def test_fisher_vector_product_matches_explicit_fisher(tmp_path: Path) -> None:
     with torch.no_grad():
         # A non-trivial γ (so ĥ_t = u_t / γ is tested too), and larger logits than the initialisation's
         # (std 0.02 weights give a nearly uniform policy whose Fisher is ~1e-4, negligible beside the damping).
-        gain.mul_(1 + 0.3 * torch.randn(gain.shape, generator=torch.Generator().manual_seed(1)))
+        gain.mul_(1 + 0.3 * torch.randn(gain.shape, generator=torch.Generator().manual_seed(1)).to(gain.device))
         model.get_output_embeddings().weight.mul_(5.0)
     assert trainer.policy_params() == [gain]
 
@@ -108,7 +108,7 @@ def test_fisher_vector_product_matches_explicit_fisher(tmp_path: Path) -> None:
         per_token = J.transpose(-1, -2) @ M @ J  # [B, G, H, H]
         fisher = (per_token * mask[..., None, None]).sum((0, 1)) / mask.sum()
 
-    v = torch.randn(gain.numel(), generator=torch.Generator().manual_seed(2))
+    v = torch.randn(gain.numel(), generator=torch.Generator().manual_seed(2)).to(gain.device)
     expected = fisher @ v + 0.01 * v
     print(float((fisher @ v).norm()), float((0.01 * v).norm()))
     assert (fisher @ v).norm() > (0.01 * v).norm()  # the Fisher part is not negligible beside the damping

@@ -146,11 +146,13 @@ def test_ilql_loss_terms_by_hand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     B, G = 2, 3
     gen = torch.Generator().manual_seed(0)
     # Hand-set outputs at every position, padding included (a value leaking from a padded position shows).
-    logits = torch.randn(B, G, vocab, generator=gen)
-    values = 2 * torch.randn(B, G, generator=gen)
-    qs = [torch.randn(B, G, vocab, generator=gen) for _ in range(2)]
-    target_qs = [torch.randn(B, G, vocab, generator=gen) for _ in range(2)]
-    monkeypatch.setattr(ilql, "forward_generated", lambda model, is_seq2seq, batch: (logits, torch.zeros(B, G, 4)))
+    device = trainer.policy.device  # drawn on the CPU (the same numbers everywhere), used where the model is
+    logits = torch.randn(B, G, vocab, generator=gen).to(device)
+    values = 2 * torch.randn(B, G, generator=gen).to(device)
+    qs = [torch.randn(B, G, vocab, generator=gen).to(device) for _ in range(2)]
+    target_qs = [torch.randn(B, G, vocab, generator=gen).to(device) for _ in range(2)]
+    hidden = torch.zeros(B, G, 4, device=device)
+    monkeypatch.setattr(ilql, "forward_generated", lambda model, is_seq2seq, batch: (logits, hidden))
     trainer.policy.heads = FixedHeads(values, qs)
     trainer.policy.target_q = nn.ModuleList([FixedQ(q) for q in target_qs])
 

@@ -255,7 +255,7 @@ def test_incremental_mask_model_matches_full_forward(tmp_path: Path, model: str,
     )
     trainer = NLPOTrainer(config, console=quiet())
     seq2seq = trainer.policy.is_seq2seq
-    trainer.mask_model = tiny_model(seq2seq, seed=1)[0].eval().requires_grad_(False)  # ≠ the learner
+    trainer.mask_model = tiny_model(seq2seq, seed=1)[0].to(trainer.policy.device).eval().requires_grad_(False)
     trainer.mask_is_learner = False
     torch.manual_seed(0)
     rollout = trainer.rollout(trainer.train_samples[:16])

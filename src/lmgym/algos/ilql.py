@@ -162,7 +162,8 @@ class ILQLTrainer(OfflineTrainer):
     supports_sharding = False  # its Q heads score through the (then sharded) output embedding
 
     def build_extras(self) -> None:
-        self.policy = ILQLPolicy(self.policy.model, self.tokenizer, self.policy.is_seq2seq, self.algo_config.beta)
+        policy = ILQLPolicy(self.policy.model, self.tokenizer, self.policy.is_seq2seq, self.algo_config.beta)
+        self.policy = policy.to(self.dist.device)  # its heads are made on the CPU
 
     def checkpoint_modules(self) -> dict[str, nn.Module]:
         return {TARGET_FILE: self.policy.target_q}

@@ -406,7 +406,7 @@ def micro_batch_order(rollout: Rollout, idx: torch.Tensor) -> torch.Tensor:
     (models/packing.py), and prompts of like length share a micro-batch, so less of it is padding. The sum of
     the micro-batches' gradients is the minibatch's whatever the order."""
     by_index = idx.sort().values
-    lengths = rollout.batch.prompt_mask[by_index].sum(-1)
+    lengths = rollout.batch.prompt_mask[by_index].sum(-1).to(by_index.device)  # the indices stay on the CPU
     return by_index[lengths.argsort(stable=True)]
 
 
