@@ -63,7 +63,7 @@ def run_one(settings: Settings, algo: str, extra: list[str]) -> dict[str, Any]:
     from lmgym.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="lmgym-rollback-") as run_dir, recorded_host_copy() as copy_bytes:
-        overrides = [*lmgym_overrides(settings, algo, run_dir), "accelerate.device=auto", *extra]
+        overrides = [*lmgym_overrides(settings, algo, run_dir), *extra]  # accelerate.device: auto (a GPU if any)
         config = load_config(None, overrides)
         trainer = get_trainer(algo)(config, overwrite=True, console=Console(file=io.StringIO()))
         device = next(trainer.policy.model.parameters()).device
