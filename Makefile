@@ -49,7 +49,7 @@ browser:
 	fi
 
 test: $(STAMP) wordnet browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15  # the slowest tests, to keep the suite under 15 minutes
 
 BENCH_STAMP := $(VENV)/.bench-installed
 

@@ -6,10 +6,12 @@ taking turns step by step (only one computes at a time, so a change in the machi
 - ``trl-grpo``: ``trl.GRPOTrainer`` on the model (a copy is loaded as its reference, beta > 0);
 - ``lmgym-grpo``: lmgym's GRPO, the same objective (clipped ratio, k3 KL to the reference in the loss,
   group-normalised rewards, token-level mean), on the same prompts in the same order;
-- ``lmgym-ppo``: lmgym's PPO with a value head on the shared trunk and the KL in the reward.
+- ``lmgym-ppo``: lmgym's PPO with a value head on the shared trunk and the KL in the reward; by default
+  ``ppo_k`` = ``k`` completions per prompt (``ppo.k``), so that it trains on the GRPO sides' prompts (each
+  completion with its own returns and GAE); ``--ppo-k 1`` draws one completion each of ``completions`` prompts.
 
 Every side runs ``steps`` training steps. A step is generate + score + reward + update: ``completions``
-completions (``k`` per prompt for the GRPOs) of exactly ``new_tokens`` tokens each (min = max new tokens),
+completions (``k`` per prompt; ``ppo_k`` for PPO) of exactly ``new_tokens`` tokens each (min = max new tokens),
 then one optimizer step over all of them in micro-batches of ``micro_batch`` (gradients accumulated), so
 the samples, tokens, forward/backward passes and optimizer steps per step are equal. The same blocks are
 trainable on all sides (``trainable_layers``, embeddings frozen or not). From the steps' wall times and
@@ -86,7 +88,8 @@ class Settings:
     model: str = "smollm2-135m-instruct"  # lmgym name (bundled alias, folder or 'tiny'); TRL loads the same weights
     steps: int = 30  # training steps per side
     completions: int = 32  # completions generated and trained on per step
-    k: int = 4  # completions per prompt (the GRPO group; TRL's num_generations); PPO draws one per prompt
+    k: int = 4  # completions per prompt (the GRPO group; TRL's num_generations)
+    ppo_k: int = 4  # lmgym PPO's completions per prompt (ppo.k); = k: the same prompts as the GRPO sides
     micro_batch: int = 16  # completions per forward/backward; completions / micro_batch are accumulated
     new_tokens: int = 24  # every completion has exactly this many tokens (min_new_tokens = max_new_tokens)
     lr: float = 2e-4  # AdamW learning rate, constant (the demo's, for its top-8-blocks setting)
@@ -107,6 +110,8 @@ class Settings:
             raise ValueError(f"completions ({self.completions}) must be a multiple of k ({self.k})")
         if self.completions % self.micro_batch:
             raise ValueError(f"completions ({self.completions}) must be a multiple of micro_batch ({self.micro_batch})")
+        if self.completions % self.ppo_k:
+            raise ValueError(f"completions ({self.completions}) must be a multiple of ppo_k ({self.ppo_k})")
         if self.k < 2:
             raise ValueError(f"k must be at least 2 (GRPO's group), got {self.k}")
         if self.steps < 2:
@@ -184,7 +189,14 @@ def lmgym_overrides(settings: Settings, algo: str, run_dir: str) -> list[str]:
     if algo == "grpo":
         out += [f"grpo.k={s.k}", f"grpo.beta={s.beta}", "grpo.scale_rewards=true"]
     else:  # the demo's PPO: value head on the shared trunk, adaptive KL in the reward
-        out += ["model.value_head=shared", "kl.controller=adaptive", "kl.coef=0.05", "kl.target=4.0", "kl.horizon=512"]
+        out += [
+            f"ppo.k={s.ppo_k}",
+            "model.value_head=shared",
+            "kl.controller=adaptive",
+            "kl.coef=0.05",
+            "kl.target=4.0",
+            "kl.horizon=512",
+        ]
     return out
 
 

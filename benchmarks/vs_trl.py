@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console.print(
         f"[bold]lmgym vs TRL[/]: {settings.model} on sentiment, {settings.steps} steps per side, "
         f"{settings.completions} completions × {settings.new_tokens} tokens per step (k={settings.k} per prompt "
-        f"for GRPO), one optimizer step per step over {settings.accumulation} micro-batches of "
-        f"{settings.micro_batch}, lr {settings.lr}, "
+        f"for GRPO, {settings.ppo_k} for PPO), one optimizer step per step over {settings.accumulation} "
+        f"micro-batches of {settings.micro_batch}, lr {settings.lr}, "
         + (
             f"top {settings.trainable_layers} blocks trainable"
             if settings.trainable_layers is not None
@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     line = {
         "setting": setting,
         **{key: None if math.isnan(ratios[key]) else ratios[key] for key in RESULT_KEYS},  # null: not measurable
+        "ppo_k": settings.ppo_k,
         "seconds_per_step": details["seconds_per_step"],
         "profile": {side: phase_profile(results[side]) for side in ("lmgym-grpo", "lmgym-ppo")},
         "generation_peak_fraction": details["generation_peak_fraction_wall_clock"],

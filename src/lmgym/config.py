@@ -214,6 +214,17 @@ class CriticFields(Section):
     lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
     whiten_advantages: bool = True
     value_clip: float | None = Field(None, gt=0, description="clip value predictions to old ± this; None disables")
+    k: int = Field(
+        1,
+        gt=0,
+        description="completions sampled per prompt, each with its own returns and advantages; with k > 1 the k "
+        "completions of a prompt share one prefill in generation and one packed prompt in the score and update "
+        "passes (rollout.batch_size counts completions and must be a multiple of k)",
+    )
+
+    @property
+    def completions_per_prompt(self) -> int:
+        return self.k
 
 
 class CriticConfig(CriticFields, GradientConfig):

@@ -82,7 +82,7 @@ def test_fisher_vector_product_matches_explicit_fisher(tmp_path: Path) -> None:
     """On the tiny Llama with only the final RMSNorm gain γ trainable, the logits are z_t = W (γ ⊙ ĥ_t) / T,
     so J_t = ∂z_t/∂γ = W·diag(ĥ_t)/T and the Fisher of the token distributions (= the Hessian of the KL at
     θ_old) is F = mean_t J_tᵀ (diag(p_t) − p_t p_tᵀ) J_t, built here explicitly."""
-    cfg = config(tmp_path, "fvp", "algo=trpo", "generation.temperature=0.7", "trpo.cg_damping=0.01")
+    cfg = config(tmp_path, "fvp", "algo=trpo", "generation.temperature=0.7", "trpo.cg_damping=0.001")
     trainer = TRPOTrainer(cfg, console=quiet())
     model = trainer.policy.model
     model.requires_grad_(False)
@@ -109,9 +109,8 @@ def test_fisher_vector_product_matches_explicit_fisher(tmp_path: Path) -> None:
         fisher = (per_token * mask[..., None, None]).sum((0, 1)) / mask.sum()
 
     v = torch.randn(gain.numel(), generator=torch.Generator().manual_seed(2)).to(gain.device)
-    expected = fisher @ v + 0.01 * v
-    print(float((fisher @ v).norm()), float((0.01 * v).norm()))
-    assert (fisher @ v).norm() > (0.01 * v).norm()  # the Fisher part is not negligible beside the damping
+    expected = fisher @ v + 0.001 * v
+    assert (fisher @ v).norm() > 3 * (0.001 * v).norm()  # the Fisher part is not negligible beside the damping
     for chunk in (32, 2):  # one chunk (cached graph) and several chunks (accumulated)
         trainer.config.trpo.minibatch_size = chunk
         got = trainer.make_fisher_vector_product(rollout.batch, rollout.mask)(v)
@@ -250,7 +249,11 @@ def test_a2c_policy_loss_is_minus_advantage_weighted_logprob() -> None:
 
 def test_a2c_one_optimizer_step_per_minibatch(tmp_path: Path) -> None:
     cfg = config(tmp_path, "a2c", "algo=a2c", "rollout.batch_size=10", "a2c.minibatch_size=4")
-    trainer = A2CTrainer(cfg, console=quiet())
+
+    def dense(prompts, generations, references, meta) -> list[float]:  # toy's reward is 0 for most samples
+        return [sum(t % 7 for t in m["gen_token_ids"]) / (7 * max(len(m["gen_token_ids"]), 1)) for m in meta]
+
+    trainer = A2CTrainer(cfg, console=quiet(), reward=dense)
     steps, scored = [], []
     step, score = trainer.optimizer.step, trainer.policy.score
 

@@ -17,7 +17,7 @@ from lmgym.algos import get_trainer
 from lmgym.algos.advantages import gae, masked_mean
 from lmgym.algos.onpolicy import OnPolicyTrainer, explained_variance
 from lmgym.api import train
-from lmgym.config import CriticConfig, load_config
+from lmgym.config import ConfigError, CriticConfig, load_config
 from lmgym.rewards.kl import FixedKL
 
 
@@ -147,3 +147,39 @@ def test_a_kl_penalty_keeps_the_policy_closer_to_the_reference(tmp_path: Path) -
         kl[beta] = sum(r["kl"] for r in result.history[-3:]) / 3
     assert kl[0.0] > 1.0, kl  # without a penalty the policy runs away from the reference
     assert kl[0.5] < 0.5 * kl[0.0], kl
+
+
+def test_k_completions_per_prompt_share_a_packed_pass_with_the_same_update(tmp_path: Path, monkeypatch) -> None:
+    """ppo.k=4: each iteration draws batch/4 prompts, 4 consecutive completions each, and the values, the
+    log-probs and the gradient through the packed passes (one prompt per group) equal those of one row per
+    completion, to float rounding."""
+
+    def one_iteration(name: str) -> tuple[list, dict[str, torch.Tensor], dict[str, float]]:
+        trainer = make(tmp_path, name, "ppo.k=4", "ppo.epochs=1", "ppo.minibatch_size=16", "kl.coef=0.1")
+        drawn, grads = [], {}
+        rollout, optimizer_step = trainer.rollout, trainer.optimizer_step
+
+        def keep_grads(*args):
+            grads.update({n: p.grad.clone() for n, p in trainer.policy.named_parameters() if p.grad is not None})
+            return optimizer_step(*args)
+
+        trainer.rollout = lambda samples: drawn.extend(samples) or rollout(samples)
+        trainer.optimizer_step = keep_grads
+        return drawn, grads, trainer.step(1)
+
+    drawn, grads, record = one_iteration("packed")
+    prompts = [s.prompt for s in drawn]
+    assert len(prompts) == 16 and len(set(prompts)) == 4
+    assert all(prompts[i] == prompts[i - i % 4] for i in range(16))
+    monkeypatch.setattr("lmgym.models.policy.can_pack", lambda *args: False)
+    _, unpacked_grads, unpacked = one_iteration("unpacked")
+    assert record["reward/task"] == unpacked["reward/task"]  # the same samples
+    assert grads.keys() == unpacked_grads.keys() and "value_head.weight" in grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, unpacked_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert max(float(g.abs().max()) for g in grads.values()) > 1e-3
+
+
+def test_batch_size_must_be_a_multiple_of_k(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"multiple of ppo\.k \(3\)"):
+        make(tmp_path, "bad-k", "ppo.k=3")

@@ -80,7 +80,7 @@ def test_rlhf_ppo_against_the_reward_model_with_retraining(lexicon_rm: Path, tmp
         None,
         ["task=toy", "model=tiny", "threads=1", f"run_dir={tmp_path}", "name=rlhf", "iterations=2",
          "rollout.batch_size=8", "eval.num_prompts=4", f"reward.name={lexicon_rm}", "rm.rule=lexicon",
-         "rm.retrain_every=1", "rm.retrain_prompts=4", "rm.retrain_steps=2"],
+         "rm.retrain_every=1", "rm.retrain_prompts=16", "rm.retrain_steps=2"],
         console=quiet(),
     )  # fmt: skip
     records = [r for r in result.history if r["kind"] == "train"]

@@ -51,7 +51,9 @@ def test_two_processes_take_the_one_process_steps(runs: dict[str, Path], mode: s
     start = load_file(str(runs["one"] / f"{algo}-rank0.safetensors"))
     for name in want:
         assert torch.equal(got[name], other[name]), name
-        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)
+        # Adam divides by √v: a weight whose gradient is ~0 moves by float noise, so a rare element may differ by
+        # a few 1e-5 after 3 steps at lr 3e-3 (each step moves a weight by up to 3e-3).
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-4, msg=name)
     losses = [r["loss/total"] for r in info["history"]]
     single = [r["loss/total"] for r in json.loads((runs["one"] / f"{algo}-rank0.json").read_text())["history"]]
     assert losses == pytest.approx(single, rel=1e-4, abs=1e-6)

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmgym.errors import InputError
+from lmgym.models.categorical import inverse_cdf_sampling
 from lmgym.models.chat import stop_token_ids
 from lmgym.models.logprobs import token_logprobs
 from lmgym.models.lora import adapters_disabled, is_peft_model
@@ -315,14 +316,8 @@ class Policy(nn.Module):
             prefilled = prefill_distinct_prompts(self.model, prompt_ids, prompt_mask) if share else None
             if prefilled is not None and kept:
                 kept[0] = kept[0][prefilled[1]]  # the distinct prompts' states, out to every row
-            out = self.model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                generation_config=generation,
-                logits_processor=logits_processor,
-                **({"cache": prefilled[0]} if prefilled is not None else {}),
-                **self._sync_kwargs(),
-            )
+            cache = {"cache": prefilled[0]} if prefilled is not None else {}
+            out = self._model_generate(prompt_ids, prompt_mask, generation, logits_processor, **cache)
         gen_ids = out.sequences[:, 1:] if self.is_seq2seq else out.sequences[:, prompt_ids.shape[1] :]
         B, G = gen_ids.shape
         trunk = None
@@ -335,9 +330,25 @@ class Policy(nn.Module):
         states = torch.stack([h[:, -1] for h in hidden[:G]], dim=1).reshape(B * G, -1)  # [B·G, H]
         return batch, self._scores(batch, Forward(logits, states, (B, G)), temperature, True, True, False)
 
-    def _sync_kwargs(self) -> dict[str, bool]:
-        """A rank whose sequences have all ended keeps joining the others' forward passes (``synced_gpus``)."""
-        return {"synced_gpus": True} if self.synced else {}
+    def _model_generate(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        generation: GenerationConfig,
+        logits_processor: LogitsProcessorList | None,
+        **extra: object,
+    ):
+        """HF ``generate``, sampling each token with one uniform number (models/categorical.py). A rank whose
+        sequences have all ended keeps joining the others' forward passes (``synced_gpus``)."""
+        with inverse_cdf_sampling():
+            return self.model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                generation_config=generation,
+                logits_processor=logits_processor,
+                **({"synced_gpus": True} if self.synced else {}),
+                **extra,
+            )
 
     def _mask(self, gen_ids: torch.Tensor) -> torch.Tensor:
         return generation_mask(gen_ids, stop_token_ids(self.tokenizer), self.tokenizer.pad_token_id)
@@ -352,13 +363,7 @@ class Policy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample continuations; returns ``gen_ids`` [B, G] and ``gen_mask`` [B, G]."""
         prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
-        out = self.model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            generation_config=generation,
-            logits_processor=logits_processor,
-            **self._sync_kwargs(),
-        )
+        out = self._model_generate(prompt_ids, prompt_mask, generation, logits_processor)
         gen_ids = out[:, 1:] if self.is_seq2seq else out[:, prompt_ids.shape[1] :]
         return gen_ids, self._mask(gen_ids)
 
