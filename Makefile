@@ -65,8 +65,8 @@ bench: $(BENCH_STAMP)
 
 # The full offline GRUE matrix (7 tasks × zero-shot, sft, ppo, nlpo, sft+ppo, sft+nlpo) on the bundled model, 3 seeds
 # per trained cell, each trained for its config's iterations (20 per RL cell; --budget only caps a runaway cell),
-# 128 held-out prompts per cell: 20 (IMDB, CommonGen) to 40 (ToTTo) minutes per task and seed on this 2-core CPU,
-# 7-14 hours in all. Rerun to continue it; the result files go to benchmarks/results/grue-offline/cells (commit
+# 128 held-out prompts per cell: 20 (IMDB, CommonGen) to 55 (ToTTo) minutes per task and seed on this 2-core CPU,
+# 7-19 hours in all. Rerun to continue it; the result files go to benchmarks/results/grue-offline/cells (commit
 # them), then the leaderboard:
 # lmgym bench grue --report --out benchmarks/results/grue-offline
 bench-grue: $(STAMP) wordnet

@@ -49,6 +49,9 @@ def test_invalid_probabilities_raise_a_clear_error(bad: float) -> None:
     probs[1, 2] = bad
     with pytest.raises(TrainingError, match="not finite"):
         sample_categorical(probs)
+
+
+def test_a_row_of_zeros_raises_a_clear_error() -> None:
     with pytest.raises(TrainingError, match="sums to 0"):
         sample_categorical(torch.zeros(1, 4))
 
@@ -67,34 +70,24 @@ def test_multinomial_is_swapped_only_inside_the_block_and_restored_after_an_erro
     assert torch.multinomial is original
 
 
-def test_generate_samples_through_it() -> None:
+def test_generate_samples_through_it(monkeypatch) -> None:
     """The policy's generation draws every token with sample_categorical (one uniform per row and step),
     and the same seed gives the same completions."""
+    import lmgym.models.categorical as categorical
     from lmgym.models.loading import load_model
     from lmgym.models.policy import Policy, make_generation_config
     from lmgym.rollout.sampling import tokenize_prompts
 
     loaded = load_model("tiny")
     policy = Policy(loaded.model, loaded.tokenizer, loaded.is_seq2seq)
-    tok = policy.tokenizer
-    ids, mask, _ = tokenize_prompts(tok, ["a b", "c d e"], 16)
-    generation = make_generation_config(tok, max_new_tokens=5, min_new_tokens=5, do_sample=True, top_k=0)
+    ids, mask, _ = tokenize_prompts(policy.tokenizer, ["a b", "c d e"], 16)
+    generation = make_generation_config(policy.tokenizer, max_new_tokens=5, min_new_tokens=5, do_sample=True, top_k=0)
     calls = []
-    import lmgym.models.categorical as categorical
-
     real = categorical.sample_categorical
-
-    def counted(weights, generator=None):
-        calls.append(weights.shape)
-        return real(weights, generator)
-
-    categorical.sample_categorical = counted
-    try:
-        torch.manual_seed(0)
-        first = policy.generate(ids, mask, generation)[0]
-        torch.manual_seed(0)
-        again = policy.generate(ids, mask, generation)[0]
-    finally:
-        categorical.sample_categorical = real
+    monkeypatch.setattr(categorical, "sample_categorical", lambda w, g=None: calls.append(w.shape) or real(w, g))
+    torch.manual_seed(0)
+    first = policy.generate(ids, mask, generation)[0]
+    torch.manual_seed(0)
+    again = policy.generate(ids, mask, generation)[0]
     assert len(calls) == 10 and all(shape[0] == 2 for shape in calls)
     assert torch.equal(first, again)
