@@ -104,6 +104,7 @@ class Settings:
     reward_target: float = 0.5  # time to reward: the moving mean reward to reach
     matmul_size: int = 2048  # side of the square matrices of the fp32 peak measurement
     rollback: bool = True  # lmgym's guards.rollback (its default): a host copy of the trainable state
+    host_memory: str = "auto"  # lmgym's accelerate.host_memory (auto: keep freed memory on a CPU; release)
 
     def __post_init__(self) -> None:
         if self.completions % self.k:
@@ -185,6 +186,7 @@ def lmgym_overrides(settings: Settings, algo: str, run_dir: str) -> list[str]:
         "eval.num_prompts=4",
         "checkpoint.every=0",
         f"guards.rollback={str(s.rollback).lower()}",
+        f"accelerate.host_memory={s.host_memory}",
     ]
     if algo == "grpo":
         out += [f"grpo.k={s.k}", f"grpo.beta={s.beta}", "grpo.scale_rewards=true"]

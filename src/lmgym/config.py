@@ -426,6 +426,13 @@ class AccelerateConfig(Section):
         "one pass over each tensor per step, ~3.5x faster on a CPU. Its float rounding differs from the unfused "
         "kernel's in the last bit, so runs with and without it are not bit-identical. Ignored with FSDP sharding",
     )
+    host_memory: Literal["auto", "keep", "release"] = Field(
+        "auto",
+        description="what the C heap does with freed host memory (glibc; lmgym.host_memory): 'keep' holds it for the "
+        "next iteration's activations, gradients and rollback copy, so they are not faulted in afresh every "
+        "iteration (a full fine-tune's update ~20% faster on a CPU; the resident memory stays at its high-water mark, "
+        "the peak ~15% higher); 'release' returns it to the system; 'auto': keep on a CPU device, release on a GPU",
+    )
     sharding: Literal["auto", "none", "full", "grad_op"] = Field(
         "auto",
         description="shard the policy and reference over the processes with FSDP (torch fully_shard, one unit per "

@@ -33,12 +33,13 @@ previous update) then saves nothing and names the newest checkpoint instead.
 from __future__ import annotations
 
 import copy
-import ctypes
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from lmgym.host_memory import release_free_heap
 
 
 @dataclass
@@ -95,17 +96,6 @@ def _views(buffer: torch.Tensor, layout: list[tuple[torch.Size, torch.dtype]]) -
 def _flat_buffer(layout: list[tuple[torch.Size, torch.dtype]], pinned: bool) -> torch.Tensor:
     total = sum(-(-shape.numel() * dtype.itemsize // _ALIGN) * _ALIGN for shape, dtype in layout)
     return torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=pinned)
-
-
-def release_free_heap() -> None:
-    """Give the heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing). The update's
-    activations, freed by now, stay in the process's resident memory otherwise, and a host copy allocated after
-    them would add to that high-water mark instead of reusing it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.malloc_trim(0)
 
 
 def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -185,8 +175,11 @@ class Rollback:
     """The good states a guard may restore: see the module's docstring. ``copies`` off: none of the trainable
     tensors is ever copied (only the live ones serve, while they are still the good state)."""
 
-    def __init__(self, copies: bool) -> None:
+    def __init__(self, copies: bool, trim_heap: bool = True) -> None:
         self.copies = copies
+        # Trim the C heap before a copy in pageable memory, so that it reuses the update's freed pages (off when the
+        # heap keeps its freed memory for reuse anyway: lmgym.host_memory)
+        self.trim_heap = trim_heap
         self.iteration = 0  # the one running
         self._states: dict[int, dict[str, Any]] = {}  # trainer state at the end of iteration i (JSON copies)
         self._kept: KeptTensors | None = None
@@ -207,7 +200,7 @@ class Rollback:
         if self._last_change == self.iteration:
             return
         if self.copies:
-            if self._kept is None or not self._kept.pinned:
+            if self.trim_heap and (self._kept is None or not self._kept.pinned):
                 release_free_heap()
             self._kept = keep_tensors(self._kept, policy, optimizer, modules)
             self._kept_end = self.iteration - 1

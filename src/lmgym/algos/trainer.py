@@ -50,6 +50,7 @@ from lmgym.data.sample import Sample
 from lmgym.data.task import Task
 from lmgym.distributed import Distributed, DistributedError
 from lmgym.errors import LmgymError, MissingFileError, RunExistsError, TrainingError, UserCodeError
+from lmgym.host_memory import keep_freed_memory
 from lmgym.models.loading import LoadedModel, load_model, load_tokenizer
 from lmgym.models.lora import add_lora, save_adapter
 from lmgym.models.policy import Policy, ReferenceModel, freeze, gradient_checkpointing, transformer_blocks
@@ -145,6 +146,10 @@ class Trainer:
         self._open_run_folder(resume, overwrite)
         torch.manual_seed(config.seed)
         self.dist.set_threads(config.threads)  # processes on one machine share its cores
+        host_memory = config.accelerate.host_memory
+        if host_memory == "auto":
+            host_memory = "keep" if self.dist.device.type == "cpu" else "release"
+        keeps_freed_memory = host_memory == "keep" and keep_freed_memory()
         self.task = task or load_task(config.task, **config.task_args)
         self.reward = self._build_reward(reward)
         self.metric_set = MetricSet.for_task(self.task, config.eval.metrics)  # eval.metrics, checked before loading
@@ -152,7 +157,9 @@ class Trainer:
         self._check_prompts(loaded)
         self._build_models(loaded or load_model(config.model.name, config.model.dtype, config.model.trust_remote_code))
         self.optimizer = self.make_optimizer()
-        self.rollback = Rollback(copies=config.guards.rollback and self.rollback_copies)
+        self.rollback = Rollback(
+            copies=config.guards.rollback and self.rollback_copies, trim_heap=not keeps_freed_memory
+        )
         # Every optimizer step changes the trainable state: the first of an iteration keeps a copy of it first.
         self.optimizer.register_step_pre_hook(lambda *_: self.changing_state())
         self.dist.broadcast_parameters(self.policy)  # replicas start equal even if a random init differed
