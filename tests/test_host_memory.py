@@ -11,6 +11,7 @@ import textwrap
 import pytest
 import torch
 
+from lmgym import host_memory
 from lmgym.algos import guards
 from lmgym.algos.guards import Rollback
 from lmgym.host_memory import _libc
@@ -64,3 +65,11 @@ def test_the_rollback_copy_trims_the_heap_only_when_asked(monkeypatch: pytest.Mo
     rollback.changing(model, optimizer, {})
     assert len(trims) == (1 if trim_heap else 0)
     assert rollback.current().tensors is not None  # the copy is kept either way
+
+
+def test_auto_keeps_freed_memory_on_a_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = []
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: kept.append(1) or True)
+    assert host_memory.configure("auto", "cpu") and host_memory.configure("keep", "cuda")
+    assert not host_memory.configure("auto", "cuda") and not host_memory.configure("release", "cpu")
+    assert len(kept) == 2  # only the two settings that keep asked the allocator

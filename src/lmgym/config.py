@@ -430,8 +430,9 @@ class AccelerateConfig(Section):
         "auto",
         description="what the C heap does with freed host memory (glibc; lmgym.host_memory): 'keep' holds it for the "
         "next iteration's activations, gradients and rollback copy, so they are not faulted in afresh every "
-        "iteration (a full fine-tune's update ~20% faster on a CPU; the resident memory stays at its high-water mark, "
-        "the peak ~15% higher); 'release' returns it to the system; 'auto': keep on a CPU device, release on a GPU",
+        "iteration (a full fine-tune's update 10-20% faster on a CPU; the resident memory stays at its high-water "
+        "mark, the peak ~20% higher); 'release' returns it to the system; 'auto': keep on a CPU device, release on "
+        "a GPU",
     )
     sharding: Literal["auto", "none", "full", "grad_op"] = Field(
         "auto",

@@ -34,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from safetensors.torch import save_file
 
+from lmgym import host_memory
 from lmgym.algos.guards import Rollback, Snapshot, restore_tensors
 from lmgym.algos.model_card import model_card, write_model_card
 from lmgym.checkpoint import (
@@ -50,7 +51,6 @@ from lmgym.data.sample import Sample
 from lmgym.data.task import Task
 from lmgym.distributed import Distributed, DistributedError
 from lmgym.errors import LmgymError, MissingFileError, RunExistsError, TrainingError, UserCodeError
-from lmgym.host_memory import keep_freed_memory
 from lmgym.models.loading import LoadedModel, load_model, load_tokenizer
 from lmgym.models.lora import add_lora, save_adapter
 from lmgym.models.policy import Policy, ReferenceModel, freeze, gradient_checkpointing, transformer_blocks
@@ -146,10 +146,7 @@ class Trainer:
         self._open_run_folder(resume, overwrite)
         torch.manual_seed(config.seed)
         self.dist.set_threads(config.threads)  # processes on one machine share its cores
-        host_memory = config.accelerate.host_memory
-        if host_memory == "auto":
-            host_memory = "keep" if self.dist.device.type == "cpu" else "release"
-        keeps_freed_memory = host_memory == "keep" and keep_freed_memory()
+        keeps_freed_memory = host_memory.configure(config.accelerate.host_memory, self.dist.device.type)
         self.task = task or load_task(config.task, **config.task_args)
         self.reward = self._build_reward(reward)
         self.metric_set = MetricSet.for_task(self.task, config.eval.metrics)  # eval.metrics, checked before loading
