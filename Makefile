@@ -72,9 +72,11 @@ bench: $(BENCH_STAMP)
 bench-grue: $(STAMP) wordnet
 	$(BIN)/lmgym bench grue --out runs/grue-offline --budget 900 --seeds 3 --results benchmarks/results/grue-offline/cells
 
-# Seconds per phase of one lmgym PPO iteration, tokens/s, update FLOP/s against the matmul peak.
+# Seconds per phase of one lmgym PPO iteration, tokens/s, update FLOP/s against the matmul peak; then generation
+# with a dynamic, a static and a compiled static KV cache, and the ceiling the decoding step's matmuls set.
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/decoding.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

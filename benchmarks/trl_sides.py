@@ -295,7 +295,7 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
     from rich.console import Console
 
     from lmgym.algos import get_trainer
-    from lmgym.bench.speed import matmul_peak, passes_flops
+    from lmgym.bench.speed import decode_matmul_ceiling, matmul_peak, passes_flops
     from lmgym.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="lmgym-vs-trl-") as run_dir:
@@ -326,6 +326,8 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
         peak_rss = peak_rss_mib()
         gate.wait()
         peak, peak_cpu = matmul_peak(settings.matmul_size)
+        # Generation's own roofline: one decoding step's products at the rows it decodes.
+        decode_ceiling = decode_matmul_ceiling(trainer.policy.model, settings.completions)
         gate.release()
         model = trainer.policy.model
         head = trainer.policy.value_head
@@ -343,6 +345,7 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
             "matmul_peak_cpu_gflops": peak_cpu,
             "score_forwards": trainer.score_forwards,
             "matmul_peak_gflops": peak,
+            "decode_matmul_ceiling_gflops": decode_ceiling,
             "rss_loaded_mib": rss_loaded,
             "peak_rss_mib": peak_rss,
             "trainable_params": trainable,
@@ -648,6 +651,13 @@ def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str,
         / r["matmul_peak_gflops"]
         for name, r in ours.items()
     }
+    # What generation could reach if all but the decoding step's products were free (their FLOP/s at the
+    # rows decoded, over the square-matrix peak), and how much of that it reaches.
+    ceiling = {
+        name: r["decode_matmul_ceiling_gflops"] / r["matmul_peak_gflops"]
+        for name, r in ours.items()
+        if "decode_matmul_ceiling_gflops" in r
+    }
     forwards = {
         name: max(max(c.values()) for c in r["score_forwards"]) for name, r in ours.items()
     }  # the most forward passes any one model made in one score phase
@@ -681,6 +691,8 @@ def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str,
             "update_peak_fraction": fractions,
             "update_peak_fraction_wall_clock": {name: peak_fraction(r, "wall") for name, r in ours.items()},
             "generation_peak_fraction_wall_clock": generation,
+            "decode_matmul_ceiling_fraction": ceiling,
+            "generation_fraction_of_ceiling": {name: generation[name] / c for name, c in ceiling.items()},
             "matmul_peak_gflops": {name: r["matmul_peak_gflops"] for name, r in results.items()},
             "matmul_peak_cpu_gflops": {name: r["matmul_peak_cpu_gflops"] for name, r in results.items()},
             "score_forwards_per_model_max": forwards,

@@ -59,6 +59,11 @@ TARGETS = {  # per setting (trl_sides.setting_name), key: (bound, "<=" or ">=")
 TARGETS["custom"] = TARGETS["top8"]
 
 
+def per_side(values: dict[str, Any], spec: str) -> str:
+    """``side value, side value, ...`` with each value formatted by ``spec``."""
+    return ", ".join(f"{side} {value:{spec}}" for side, value in values.items())
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -156,15 +161,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prof = phase_profile(results[side])
         console.print(f"  {side}: " + ", ".join(f"{p} {s:.2f}" for p, s in prof.items()), highlight=False)
     console.print(
-        "  seconds per step (median, warm-up step excluded): "
-        + ", ".join(f"{k} {v:.2f}" for k, v in details["seconds_per_step"].items()),
+        "  seconds per step (median, warm-up step excluded): " + per_side(details["seconds_per_step"], ".2f"),
         highlight=False,
     )
     console.print(
         "  process CPU seconds per step (median; with 1 thread, independent of other load): "
-        + ", ".join(f"{k} {v:.2f}" for k, v in details["cpu_seconds_per_step"].items())
+        + per_side(details["cpu_seconds_per_step"], ".2f")
         + "; ratios to TRL: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in details["cpu_step_ratios"].items()),
+        + per_side(details["cpu_step_ratios"], ".3f"),
         highlight=False,
     )
     ttr = details["time_to_reward"]
@@ -172,34 +176,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"  time to reward: level {ttr['level']:+.3f} ({ttr['level_is']}, mean of the last {ttr['window']} steps); "
         + ", ".join(f"{k} {'never' if v is None else f'{v:.0f} s'}" for k, v in ttr["seconds"].items())
         + "; best moving means: "
-        + ", ".join(f"{k} {v:+.3f}" for k, v in ttr["best_moving_mean"].items()),
+        + per_side(ttr["best_moving_mean"], "+.3f"),
         highlight=False,
     )
     console.print(
         "  update FLOP per CPU second over the fp32 matmul peak (same clock, same process): "
-        + ", ".join(f"{k} {v:.1%}" for k, v in details["update_peak_fraction"].items())
+        + per_side(details["update_peak_fraction"], ".1%")
         + " (peak GFLOP per CPU second: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in details["matmul_peak_cpu_gflops"].items())
+        + per_side(details["matmul_peak_cpu_gflops"], ".1f")
         + "); by the wall clock: "
-        + ", ".join(f"{k} {v:.1%}" for k, v in details["update_peak_fraction_wall_clock"].items())
+        + per_side(details["update_peak_fraction_wall_clock"], ".1%")
         + " (peak GFLOP/s: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in details["matmul_peak_gflops"].items())
+        + per_side(details["matmul_peak_gflops"], ".1f")
         + ")",
         highlight=False,
     )
     console.print(
         "  generation FLOP/s over the fp32 matmul peak (wall clock): "
-        + ", ".join(f"{k} {v:.1%}" for k, v in details["generation_peak_fraction_wall_clock"].items()),
+        + per_side(details["generation_peak_fraction_wall_clock"], ".1%")
+        + "; the decoding step's products alone reach "
+        + per_side(details["decode_matmul_ceiling_fraction"], ".1%")
+        + " of that peak at its rows, and generation "
+        + per_side(details["generation_fraction_of_ceiling"], ".1%")
+        + " of that ceiling",
         highlight=False,
     )
     console.print(
         "  score phase, most forward passes of one model per batch: "
-        + ", ".join(f"{k} {v}" for k, v in details["score_forwards_per_model_max"].items()),
+        + per_side(details["score_forwards_per_model_max"], ""),
         highlight=False,
     )
     console.print(
-        "  peak RSS of the training steps (MiB): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in details["peak_rss_mib"].items()),
+        "  peak RSS of the training steps (MiB): " + per_side(details["peak_rss_mib"], ".0f"),
         highlight=False,
     )
     console.print("\n[bold]ratios[/]", highlight=False)
@@ -213,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds_per_step": details["seconds_per_step"],
         "profile": {side: phase_profile(results[side]) for side in ("lmgym-grpo", "lmgym-ppo")},
         "generation_peak_fraction": details["generation_peak_fraction_wall_clock"],
+        "decode_matmul_ceiling_fraction": details["decode_matmul_ceiling_fraction"],
         "peak_rss_mib": details["peak_rss_mib"],
     }
     print(json.dumps(line))

@@ -13,6 +13,8 @@ from transformers import GenerationConfig
 from lmgym.bench.speed import (
     PHASES,
     RESULT_KEYS,
+    decode_matmul_ceiling,
+    decode_matmul_shapes,
     passes_flops,
     recorded_forward_flops,
     recorded_passes,
@@ -154,3 +156,21 @@ def test_generation_flops_match_the_flop_counter() -> None:
         policy.generate_and_score(ids, mask, generation)
     assert len(calls) > 6  # a prefill, then a call of the blocks and of the head per generated token
     assert math.isclose(sum(calls), counter.get_total_flops(), rel_tol=0.05)
+
+
+def test_decode_matmul_shapes_are_the_products_one_token_runs() -> None:
+    """The linear shapes behind the generation ceiling account for the FLOPs of a one-token forward pass
+    (torch's FLOP counter; the attention of one position adds well under 1%), and the ceiling is a rate."""
+    loaded = load_model("tiny")
+    loaded.model.set_attn_implementation("eager")
+    shapes = decode_matmul_shapes(loaded.model)
+    cfg = loaded.model.config
+    assert shapes[(cfg.hidden_size, cfg.vocab_size)] == 1  # the LM head
+    assert sum(shapes.values()) == 7 * cfg.num_hidden_layers + 1  # q, k, v, o, gate, up, down per block
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        loaded.model(input_ids=torch.tensor([[5]]))
+    linear = sum(2 * n_in * n_out * count for (n_in, n_out), count in shapes.items())
+    assert math.isclose(linear, counter.get_total_flops(), rel_tol=0.01)
+    ceiling = decode_matmul_ceiling(loaded.model, rows=4, min_seconds=0.0)
+    assert math.isfinite(ceiling) and ceiling > 0

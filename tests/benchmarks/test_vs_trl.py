@@ -61,6 +61,7 @@ def test_compare_ratios_and_fallback_level() -> None:
         "score_forwards": [{"policy": 0, "reference": 1}] * 7,
         "peak_rss_mib": 1100.0,
         "matmul_peak_gflops": 100.0,
+        "decode_matmul_ceiling_gflops": 40.0,  # the decoding step's products alone: 40% of the peak
     }
     ppo = {
         "steps": _steps([9.0] + [3.0] * 6, [0.0] * 7, **lmgym_extra),
@@ -71,6 +72,7 @@ def test_compare_ratios_and_fallback_level() -> None:
         "score_forwards": [{"policy": 0, "reference": 1}] * 7,
         "peak_rss_mib": 1200.0,
         "matmul_peak_gflops": 100.0,
+        "decode_matmul_ceiling_gflops": 50.0,
     }
     ratios = compare({"trl-grpo": trl, "lmgym-grpo": grpo, "lmgym-ppo": ppo}, settings)
     assert ratios["grpo_step_ratio"] == pytest.approx(0.5)
@@ -79,6 +81,8 @@ def test_compare_ratios_and_fallback_level() -> None:
     assert ratios["update_peak_fraction"] == pytest.approx(0.3)  # the lower of the two
     generation = ratios["details"]["generation_peak_fraction_wall_clock"]
     assert generation == pytest.approx({"lmgym-grpo": 0.2, "lmgym-ppo": 0.3})
+    assert ratios["details"]["decode_matmul_ceiling_fraction"] == pytest.approx({"lmgym-grpo": 0.4, "lmgym-ppo": 0.5})
+    assert ratios["details"]["generation_fraction_of_ceiling"] == pytest.approx({"lmgym-grpo": 0.5, "lmgym-ppo": 0.6})
     # TRL never reaches 0.5: the level becomes the best TRL reaches, 0.34 (steps 5, 6, 7 → its 7th step).
     ttr = ratios["details"]["time_to_reward"]
     assert ttr["level_is"] == "best level both reach" and ttr["level"] == pytest.approx(0.34)
@@ -141,3 +145,4 @@ def test_all_sides_run_on_the_tiny_model() -> None:
     for key in ("grpo_step_ratio", "ppo_step_ratio", "update_peak_fraction", "memory_ratio"):
         assert math.isfinite(ratios[key]) and ratios[key] > 0, key
     assert all(0 < f < 10 for f in ratios["details"]["generation_peak_fraction_wall_clock"].values())
+    assert all(0 < f < 10 for f in ratios["details"]["decode_matmul_ceiling_fraction"].values())

@@ -332,6 +332,42 @@ def matmul_peak(size: int = 2048, min_reps: int = 3, min_seconds: float = 0.5) -
     return flops / best_wall / 1e9, flops / max(best_cpu, 1e-9) / 1e9
 
 
+def decode_matmul_shapes(model: torch.nn.Module) -> dict[tuple[int, int], int]:
+    """How many linear layers of each (in, out) shape one decoding step runs: every ``nn.Linear`` of the
+    model (the LM head included), a critic or value head excluded by passing the language model alone."""
+    shapes: dict[tuple[int, int], int] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            key = (module.in_features, module.out_features)
+            shapes[key] = shapes.get(key, 0) + 1
+    return shapes
+
+
+def decode_matmul_ceiling(model: torch.nn.Module, rows: int, min_seconds: float = 0.05) -> float:
+    """GFLOP/s of one decoding step's matrix products alone: ``rows`` × in inputs through every linear shape
+    of ``model`` (float32, the current thread count, best of repeats), FLOPs summed over the step.
+
+    Decoding multiplies a few rows by each weight, a shape at which a CPU's GEMM reaches only part of the
+    square-matrix peak (`matmul_peak`); this is the most a generation phase could reach on this machine at
+    this batch size if everything but these products took no time."""
+    gen = torch.Generator().manual_seed(0)
+    flops = seconds = 0.0
+    for (n_in, n_out), count in decode_matmul_shapes(model).items():
+        x, w = torch.randn(rows, n_in, generator=gen), torch.randn(n_out, n_in, generator=gen)
+        out = torch.empty(rows, n_out)
+        torch.mm(x, w.t(), out=out)  # warm-up
+        best, reps, start = math.inf, 0, time.perf_counter()
+        while reps < 3 or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            torch.mm(x, w.t(), out=out)
+            best, reps = min(best, time.perf_counter() - t0), reps + 1
+        flops += count * 2.0 * rows * n_in * n_out
+        seconds += count * best
+    if seconds <= 0:
+        raise InputError(f"{type(model).__name__} has no linear layers to time")
+    return flops / seconds / 1e9
+
+
 # --- the benchmark --------------------------------------------------------------------------------
 
 

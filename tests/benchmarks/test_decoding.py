@@ -1,0 +1,22 @@
+"""benchmarks/decoding.py on the tiny model: every cache variant is timed, the static cache samples the dynamic
+cache's tokens from the same seed, and the decoding step's matmul ceiling is a fraction of the peak."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # the harness is not in the library
+
+from decoding import main
+
+
+def test_decoding_benchmark_on_the_tiny_model() -> None:
+    line = main(["--model", "tiny", "--prompts", "2", "--k", "2", "--new-tokens", "4", "--rounds", "1"])
+    assert set(line["seconds"]) == {"dynamic", "static", "static+compile"}
+    assert all(s > 0 for s in line["seconds"].values())
+    assert line["ratio_to_dynamic"]["dynamic"] == 1.0
+    assert line["same_tokens_as_dynamic"]["static"]  # a tiny model: no rounding difference flips a draw
+    assert line["compile_seconds"] > 0
+    assert 0 < line["decode_matmul_ceiling_fraction"] < 10 and math.isfinite(line["matmul_peak_gflops"])
