@@ -13,10 +13,26 @@ from decoding import main
 
 
 def test_decoding_benchmark_on_the_tiny_model() -> None:
-    line = main(["--model", "tiny", "--prompts", "2", "--k", "2", "--new-tokens", "4", "--rounds", "1"])
+    line = main(
+        [
+            "--model",
+            "tiny",
+            "--prompts",
+            "2",
+            "--k",
+            "2",
+            "--new-tokens",
+            "4",
+            "--rounds",
+            "1",
+            "--ceiling-rows",
+            "2,16",
+        ]
+    )
     assert set(line["seconds"]) == {"dynamic", "static", "static+compile"}
     assert all(s > 0 for s in line["seconds"].values())
     assert line["ratio_to_dynamic"]["dynamic"] == 1.0
     assert line["same_tokens_as_dynamic"]["static"]  # a tiny model: no rounding difference flips a draw
     assert line["compile_seconds"] > 0
+    assert set(line["ceiling_fraction_by_rows"]) == {2, 16}
     assert 0 < line["decode_matmul_ceiling_fraction"] < 10 and math.isfinite(line["matmul_peak_gflops"])
