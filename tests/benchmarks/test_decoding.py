@@ -34,5 +34,6 @@ def test_decoding_benchmark_on_the_tiny_model() -> None:
     assert line["ratio_to_dynamic"]["dynamic"] == 1.0
     assert line["same_tokens_as_dynamic"]["static"]  # a tiny model: no rounding difference flips a draw
     assert line["compile_seconds"] > 0
-    assert set(line["ceiling_fraction_by_rows"]) == {2, 16}
+    assert set(line["ceiling_fraction_by_rows"]) == {2, 4, 16}  # the 4 rows decoded too
+    assert line["ceiling_fraction_by_rows"][4] == line["decode_matmul_ceiling_fraction"]
     assert 0 < line["decode_matmul_ceiling_fraction"] < 10 and math.isfinite(line["matmul_peak_gflops"])

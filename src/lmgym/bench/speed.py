@@ -17,7 +17,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -313,6 +313,20 @@ def _update_flops(trainer: _TimedPPOTrainer, update: dict[str, Any]) -> float:
 # --- the fp32 matmul peak -------------------------------------------------------------------------
 
 
+def _best_seconds(run: Callable[[], object], min_reps: int, min_seconds: float) -> tuple[float, float]:
+    """Best wall-clock and process-CPU seconds of ``run`` over at least ``min_reps`` calls and ``min_seconds``
+    (one untimed warm-up call first)."""
+    run()
+    best_wall = best_cpu = math.inf
+    reps, start = 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < min_seconds:
+        t0, c0 = time.perf_counter(), time.process_time()
+        run()
+        best_wall, best_cpu = min(best_wall, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+        reps += 1
+    return best_wall, best_cpu
+
+
 def matmul_peak(size: int = 2048, min_reps: int = 3, min_seconds: float = 0.5) -> tuple[float, float]:
     """Best-of GFLOP/s of ``torch.mm`` on two square float32 matrices at the current thread count, by the wall
     clock and by the process's CPU clock (the latter holds up when other processes share the cores)."""
@@ -320,14 +334,7 @@ def matmul_peak(size: int = 2048, min_reps: int = 3, min_seconds: float = 0.5) -
     a = torch.randn(size, size, generator=gen)
     b = torch.randn(size, size, generator=gen)
     out = torch.empty(size, size)
-    torch.mm(a, b, out=out)  # warm-up
-    best_wall = best_cpu = math.inf
-    reps, start = 0, time.perf_counter()
-    while reps < min_reps or time.perf_counter() - start < min_seconds:
-        t0, c0 = time.perf_counter(), time.process_time()
-        torch.mm(a, b, out=out)
-        best_wall, best_cpu = min(best_wall, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
-        reps += 1
+    best_wall, best_cpu = _best_seconds(lambda: torch.mm(a, b, out=out), min_reps, min_seconds)
     flops = 2.0 * size**3
     return flops / best_wall / 1e9, flops / max(best_cpu, 1e-9) / 1e9
 
@@ -355,12 +362,7 @@ def decode_matmul_ceiling(model: torch.nn.Module, rows: int, min_seconds: float 
     for (n_in, n_out), count in decode_matmul_shapes(model).items():
         x, w = torch.randn(rows, n_in, generator=gen), torch.randn(n_out, n_in, generator=gen)
         out = torch.empty(rows, n_out)
-        torch.mm(x, w.t(), out=out)  # warm-up
-        best, reps, start = math.inf, 0, time.perf_counter()
-        while reps < 3 or time.perf_counter() - start < min_seconds:
-            t0 = time.perf_counter()
-            torch.mm(x, w.t(), out=out)
-            best, reps = min(best, time.perf_counter() - t0), reps + 1
+        best, _ = _best_seconds(lambda x=x, w=w, out=out: torch.mm(x, w.t(), out=out), 3, min_seconds)
         flops += count * 2.0 * rows * n_in * n_out
         seconds += count * best
     if seconds <= 0:
