@@ -31,6 +31,7 @@ With one process every helper here returns at once: no collective runs and nothi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,6 +54,15 @@ _FSDP1_STRATEGIES = {"FULL_SHARD": "full", "SHARD_GRAD_OP": "grad_op", "NO_SHARD
 
 class DistributedError(LmgymError, RuntimeError):
     """A setting that cannot work with the processes or devices at hand; the message says what to change."""
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group before the interpreter tears down: left to the interpreter's shutdown, gloo's
+    worker threads can be destroyed while still joinable, and the process aborts ("terminate called without
+    an active exception") after a run that finished. Several trainers may run in one process, so this runs
+    at exit rather than at the end of a run; registering it twice is harmless."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def launched_world_size() -> int:
@@ -132,6 +142,7 @@ class Distributed:
             from accelerate import PartialState
 
             state = PartialState(cpu=not cuda)
+            atexit.register(_leave_process_group)
             out = cls(
                 rank=state.process_index,
                 world_size=state.num_processes,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from tests.distributed.test_data_parallel import free_port
 
 from lmgym.algos.onpolicy import OnPolicyTrainer
 from lmgym.algos.trainer import Trainer
@@ -100,3 +104,29 @@ def test_launcher_precision_is_taken_when_the_config_says_auto(monkeypatch: pyte
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert Distributed.setup("auto", "cpu").mixed_precision == "bf16"
     assert Distributed.setup("no", "cpu").mixed_precision == "no"
+
+
+LEAVES_THE_GROUP = """
+import atexit, os, sys
+from pathlib import Path
+import torch.distributed as dist
+out = Path(sys.argv[1]) / f"rank{os.environ['RANK']}.txt"
+# Registered first, so it runs last: after lmgym's own exit handler.
+atexit.register(lambda: out.write_text(f"in a process group at exit: {dist.is_initialized()}"))
+from lmgym.distributed import Distributed
+d = Distributed.setup()
+d.barrier()
+assert d.world_size == 2
+"""
+
+
+def test_a_launched_process_leaves_its_process_group_before_exit(tmp_path: Path) -> None:
+    # Left to the interpreter's teardown, gloo's threads can abort a finished run ("terminate called without an
+    # active exception"); the group is destroyed at exit instead.
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVES_THE_GROUP, encoding="utf-8")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    proc = subprocess.run([*cmd, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "in a process group at exit: False"
