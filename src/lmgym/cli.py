@@ -179,6 +179,13 @@ def bench(
         bool,
         typer.Option(help="grue: also train NLPO for each PPO cell's iteration count, without the --budget cap"),
     ] = False,
+    rescore: Annotated[
+        bool,
+        typer.Option(
+            help="grue: add to finished cells the metrics whose scoring failed, from their stored generations "
+            "(<out>/samples), then rebuild the leaderboard (no training; same --budget/--set as the run)"
+        ),
+    ] = False,
 ) -> None:
     """Run a benchmark."""
     if which == "grue":
@@ -200,6 +207,7 @@ def bench(
                 seeds=seeds,
                 results=results,
                 equal_iterations=equal_iterations,
+                rescore=rescore,
             )
         except _user_errors() as err:
             _fail(err)

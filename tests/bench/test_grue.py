@@ -243,3 +243,44 @@ def test_offline_profile_scores_enough_prompts():
             short[task] = held_out
     # NarrativeQA's offline generator writes 30 test stories of three questions; its task module sets that.
     assert short == {"narrativeqa": 90}
+
+
+def test_rescore_adds_a_metric_that_failed_from_the_stored_generations(tmp_path, monkeypatch):
+    from lmgym.metrics.model_based import BERTScore
+
+    out = tmp_path / "grue"
+    compute = BERTScore.compute
+
+    def broken(self, *args):
+        raise RuntimeError("a bug since fixed")
+
+    monkeypatch.setattr(BERTScore, "compute", broken)
+    run_grue(out, tasks="commongen", algos="zero-shot", quick=True)
+    path = out / "cells" / "commongen__zero-shot.json"
+    before = json.loads(path.read_text(encoding="utf-8"))
+    assert before["missing"]["bertscore"] == "failed: RuntimeError: a bug since fixed"
+    assert "bertscore-f1" not in before["scores"]
+
+    monkeypatch.setattr(BERTScore, "compute", compute)
+    board = run_grue(out, tasks="commongen", algos="zero-shot", quick=True, rescore=True)
+    after = json.loads(path.read_text(encoding="utf-8"))
+    assert "bertscore" not in after["missing"] and "spice" in after["missing"]  # SPICE still cannot run here
+    # Every stored value is kept; the metric is added with its per-prompt column, from the same generations.
+    assert {k: v for k, v in after["scores"].items() if not k.startswith("bertscore")} == before["scores"]
+    assert {k: v for k, v in after["per_prompt"].items() if not k.startswith("bertscore")} == before["per_prompt"]
+    samples = [json.loads(line) for line in (out / "samples" / "commongen__zero-shot.jsonl").read_text().splitlines()]
+    direct = BERTScore()(
+        [""] * len(samples), [s["generation"] for s in samples], [s["references"] for s in samples], [{}] * len(samples)
+    )
+    assert after["per_prompt"]["bertscore-f1"] == pytest.approx(direct["bertscore-f1"].per_sample, abs=1e-6)
+    assert board["tasks"]["commongen"]["zero-shot"]["scores"]["bertscore-f1"] == after["scores"]["bertscore-f1"]
+
+    # Without the stored generations a failed metric is left as it is, and the cell is named.
+    monkeypatch.setattr(BERTScore, "compute", broken)
+    path.unlink()
+    run_grue(out, tasks="commongen", algos="zero-shot", quick=True)
+    monkeypatch.setattr(BERTScore, "compute", compute)
+    (out / "samples" / "commongen__zero-shot.jsonl").unlink()
+    bench = GrueBench(out, ["commongen"], ["zero-shot"], quick=True)
+    assert "no stored generations" in bench.rescore()["commongen__zero-shot"]
+    assert "bertscore" in json.loads(path.read_text(encoding="utf-8"))["missing"]

@@ -207,6 +207,12 @@ def test_report_from_synthetic_result_files(tmp_path):
     write_result(results, "ppo", BASE - 0.1 + noise(10, 0.05), nll_per_token=4.0)
     for seed in (0, 1):
         write_result(results, "sft+ppo", BASE + 0.1 + noise(11 + seed, 0.05), seed=seed)
+    # A metric whose scoring failed in one seed: averaged over the other, and the table says so.
+    seed1 = results / "imdb__sft+ppo__seed1.json"
+    failed = json.loads(seed1.read_text(encoding="utf-8"))
+    del failed["scores"]["distinct-2"]
+    failed["missing"] = {"distinct": "failed: RuntimeError: broken"}
+    seed1.write_text(json.dumps(failed), encoding="utf-8")
     out = tmp_path / "report"
     board = run_grue(out, report=True, results=results)
     assert list(board["tasks"]) == ["imdb"] and list(board["tasks"]["imdb"]) == ["zero-shot", "sft", "ppo", "sft+ppo"]
@@ -223,6 +229,8 @@ def test_report_from_synthetic_result_files(tmp_path):
     markdown = (out / "leaderboard.md").read_text(encoding="utf-8")
     assert "| imdb | yes | sft+ppo" in markdown
     assert "| sft+ppo | reward | " in markdown and "CI width" in markdown
+    assert entry["partial_seeds"] == {"distinct-2": 1} and "partial_seeds" not in board["tasks"]["imdb"]["sft"]
+    assert "| 0.900 (1 of 2 seeds) |" in markdown
     # The function the README quotes gives the table the leaderboard shows.
     table = findings_table(results)
     assert table in markdown and "| (a) RL from a supervised warm start" in table

@@ -55,6 +55,17 @@ def test_bertscore_rescaling_uses_the_shipped_minilm_baseline(bertscore_raw) -> 
     assert 0 < weighted.per_sample[0] != pytest.approx(plain.per_sample[0], abs=1e-4)
 
 
+def test_bertscore_scores_an_empty_generation_zero_and_the_rest_as_alone(bertscore_raw) -> None:
+    # An empty generation (a model that stops at once) gets bert-score's raw 0; the others are unaffected.
+    refs = [["A man was rescued from the mountain."], ["The cat sat on the warm mat."]]
+    both = bertscore_raw(["", ""], ["  ", "A cat sat on a mat."], refs, [{}, {}])["bertscore-f1"].per_sample
+    alone = bertscore_raw([""], ["A cat sat on a mat."], refs[1:], [{}])["bertscore-f1"].per_sample
+    assert both[0] == 0.0
+    assert both[1] == pytest.approx(alone[0], abs=1e-6) and alone[0] > 0.5
+    rescaled = load_metric("bertscore")([""], [""], refs[:1], [{}])["bertscore-f1"].per_sample[0]
+    assert rescaled < 0  # (0 − baseline) / (1 − baseline)
+
+
 def test_mauve_from_bundled_encoder_features() -> None:
     import mauve as mauve_package
 

@@ -420,6 +420,57 @@ class GrueBench:
         ]
         return max((r["iteration"] for r in train), default=0), curve
 
+    def rescore(self) -> dict[str, str]:
+        """Adds to each finished cell of the matrix the task metrics its scoring failed to compute (a metric fixed
+        since), from the generations that scoring stored in ``<out>/samples/<cell>.jsonl``: nothing is generated
+        again and every stored value stays as it is. Returns, per cell looked at, what was done."""
+        from lmgym.data.registry import load_task
+        from lmgym.rewards.catalog import metric_infos
+        from lmgym.rollout.metric_set import MetricSet
+
+        done: dict[str, str] = {}
+        for cell in self.cells():
+            path = self.result_path(cell)
+            result = _read_json(path) if path.exists() else {}
+            registered = metric_infos()
+            missing = result.get("missing", {})
+            failed = [name for name, why in missing.items() if str(why).startswith("failed") and name in registered]
+            if not failed:
+                continue
+            stored = self.samples_dir / f"{cell.name}.jsonl"
+            why = None if stored.exists() else f"no stored generations in {stored}"
+            if result.get("config_hash") != self.config_hash(cell):
+                why = "its settings differ from the config's"
+            if why:
+                done[cell.name] = f"not rescored ({why}): delete {path} to score it again"
+                self.console.print(f"{cell.name}: {done[cell.name]}", highlight=False)
+                continue
+            records = [json.loads(line) for line in stored.read_text(encoding="utf-8").splitlines() if line.strip()]
+            config = self.config(cell)
+            task = load_task(config.task, **config.task_args)
+            samples = task.split(config.eval.split)[: len(records)]
+            ids = [str(r["id"]) for r in records]
+            if ids != [str(s.id) for s in samples] or ids != result.get("per_prompt", {}).get("ids", ids):
+                done[cell.name] = f"not rescored: {stored} holds other prompts than the result"
+                self.console.print(f"{cell.name}: {done[cell.name]}", highlight=False)
+                continue
+            scored = MetricSet(failed, task.annotate).score(samples, [r["generation"] for r in records])
+            added = {
+                key: scored.scores[key] for name in failed if name not in scored.missing for key in scored.keys[name]
+            }
+            columns, no_interval = metric_columns(added, scored.per_sample, len(records))
+            result["scores"] |= added
+            result["missing"] = {k: v for k, v in result["missing"].items() if k not in failed} | scored.missing
+            if result.get("per_prompt"):
+                result["per_prompt"] |= columns
+                result["no_interval"] = result.get("no_interval", {}) | no_interval
+            _write_json(path, result)
+            done[cell.name] = f"added {', '.join(added) or 'nothing'}" + (
+                f"; still failing: {', '.join(scored.missing)}" if scored.missing else ""
+            )
+            self.console.print(f"{cell.name}: {done[cell.name]}", highlight=False)
+        return done
+
     # --- results -------------------------------------------------------------------------------
 
     def collect(self) -> dict[str, dict[str, Found]]:
@@ -604,9 +655,19 @@ def per_prompt_values(
         if source in candidates:
             candidates.setdefault(name, candidates[source])
             means.add(name)
+    scored = {k: v for k, v in scores.items() if k != "perplexity" and k not in no_interval}
+    columns, why = metric_columns(scored, candidates, n, means)
+    return values | columns, no_interval | why
+
+
+def metric_columns(
+    scores: dict[str, float], candidates: dict[str, list[float]], n: int, means: set[str] | frozenset = frozenset()
+) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Of each score, its per-prompt column when the score is that column's mean (``means``: known to be), and
+    otherwise why it has none."""
+    values: dict[str, list[float]] = {}
+    no_interval: dict[str, str] = {}
     for name, score in scores.items():
-        if name == "perplexity" or name in no_interval:
-            continue
         column = candidates.get(name)
         if column is None or len(column) != n or not n:
             no_interval[name] = "corpus-level: no per-prompt values"
@@ -662,11 +723,16 @@ def aggregate(task: str, algo: str, found: Found) -> dict[str, Any]:
         keys += [k for k in result.get("scores", {}) if k not in keys]
     scores: dict[str, float | None] = {}
     std: dict[str, float] = {}
+    partial: dict[str, int] = {}  # metrics that some seeds lack (their scoring failed): over how many seeds
     for key in keys:
-        mean, spread = stats.seed_spread([r["scores"].get(key) for r in results])
+        values = [r["scores"].get(key) for r in results]
+        mean, spread = stats.seed_spread(values)
         scores[key] = mean
         if spread is not None:
             std[key] = spread
+        present = sum(v is not None and math.isfinite(v) for v in values)
+        if 0 < present < len(results):
+            partial[key] = present
     iterations = [r.get("iterations", 0) for r in results]
     first = results[0]
     entry: dict[str, Any] = {
@@ -685,6 +751,8 @@ def aggregate(task: str, algo: str, found: Found) -> dict[str, Any]:
         "base_model": first.get("base_model"),
         "per_prompt_data": all(r.get("per_prompt") for r in results),
     }
+    if partial:
+        entry["partial_seeds"] = partial
     if len(results) > 1:
         entry["per_seed"] = {
             str(r.get("seed")): {k: r.get(k) for k in ("scores", "iterations", "train_seconds")} for r in results
@@ -826,7 +894,9 @@ def _fmt(value: Any) -> str:
 
 def _mean_std(entry: dict[str, Any], metric: str) -> str:
     spread = entry.get("std", {}).get(metric)
-    return _fmt(entry["scores"].get(metric)) + ("" if spread is None else f" ± {_fmt(spread)}")
+    text = _fmt(entry["scores"].get(metric)) + ("" if spread is None else f" ± {_fmt(spread)}")
+    present = entry.get("partial_seeds", {}).get(metric)
+    return text if present is None else f"{text} ({present} of {len(entry['seeds'])} seeds)"
 
 
 def _ci(interval: dict[str, float] | None) -> str:
@@ -1059,11 +1129,13 @@ def run_grue(
     seeds: int = 1,
     results: str | Path | None = None,
     equal_iterations: bool = False,
+    rescore: bool = False,
 ) -> dict[str, Any]:
     """Run (or continue) the GRUE matrix; ``tasks``/``algos`` are comma-separated lists. ``report``: only
     rewrite the leaderboard and plots from the result files (in ``results``, default ``out/cells``) — nothing
     is trained or scored, no run folder is needed, and without ``tasks``/``algos`` every one with results is
-    shown."""
+    shown. ``rescore``: first add to the finished cells of the matrix the metrics whose scoring failed
+    (`GrueBench.rescore`, from the stored generations), then rebuild the leaderboard as ``report`` does."""
     bench = GrueBench(
         out,
         parse_list(tasks, GRUE_TASKS + EXTRA_TASKS, GRUE_TASKS, "tasks"),
@@ -1078,7 +1150,9 @@ def run_grue(
         results=results,
         equal_iterations=equal_iterations,
     )
-    if report:
+    if rescore:
+        bench.rescore()
+    if report or rescore:
         bench.narrow_to_found(tasks_given=bool(tasks), algos_given=bool(algos))
         board = bench.write_leaderboard()
         if board["cells_without_per_prompt_data"]:

@@ -94,6 +94,7 @@ class BERTScore(Metric):
                 idf=self.idf,  # the weights themselves are computed per call, from that call's references
                 batch_size=self.batch_size,
             )
+            _encode_empty_text(self._scorer._tokenizer)
         return self._scorer
 
     def compute(self, prompts, generations, references, meta) -> MetricResult:
@@ -109,6 +110,29 @@ class BERTScore(Metric):
             "bertscore-recall": MetricValue(r.tolist(), float(r.mean())),
             "bertscore-f1": MetricValue(f.tolist(), float(f.mean())),
         }
+
+
+class _EmptyTextEncoding:
+    """``build_inputs_with_special_tokens`` for the empty text alone (a class, not a closure: bert-score's IDF
+    weights pickle the tokenizer into worker processes)."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def __call__(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+        if token_ids_0 or token_ids_1:
+            raise NotImplementedError("only the empty text's encoding is provided (what bert-score uses it for)")
+        return list(self.ids)
+
+
+def _encode_empty_text(tokenizer) -> None:
+    """bert-score encodes an empty (or blank) candidate or reference with the tokenizer's
+    ``build_inputs_with_special_tokens([])`` and then scores it 0, as it documents; the tokenizers-backed
+    classes of transformers 5 no longer have that method, so one empty generation failed the whole batch.
+    Give the tokenizer the encoding of the empty text (its special tokens alone), which is all bert-score asks."""
+    if not hasattr(tokenizer, "build_inputs_with_special_tokens"):
+        empty = list(tokenizer("", add_special_tokens=True)["input_ids"])
+        tokenizer.build_inputs_with_special_tokens = _EmptyTextEncoding(empty)
 
 
 # --- MAUVE ----------------------------------------------------------------------------------------
