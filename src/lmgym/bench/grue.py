@@ -442,7 +442,8 @@ class GrueBench:
             if result.get("config_hash") != self.config_hash(cell):
                 why = "its settings differ from the config's"
             if why:
-                done[cell.name] = f"not rescored ({why}): delete {path} to score it again"
+                again = "score it" if cell.algo == "zero-shot" else "train and score it"
+                done[cell.name] = f"not rescored ({why}); with {path} deleted, the next run will {again} again"
                 self.console.print(f"{cell.name}: {done[cell.name]}", highlight=False)
                 continue
             records = [json.loads(line) for line in stored.read_text(encoding="utf-8").splitlines() if line.strip()]
