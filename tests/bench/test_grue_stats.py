@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from lmgym.bench import grue_stats as stats
 from lmgym.bench.grue import findings_table, run_grue
@@ -236,3 +237,14 @@ def test_report_from_synthetic_result_files(tmp_path):
     assert table in markdown and "| (a) RL from a supervised warm start" in table
     # The same files give the same leaderboard.
     assert run_grue(out, report=True, results=results) == board
+
+
+def test_the_committed_leaderboard_is_what_report_makes_of_the_committed_result_files(tmp_path):
+    # The README quotes benchmarks/results/grue-offline/leaderboard.md: it must come from the result files
+    # beside it, not from an older run or a hand edit (rebuild it with `lmgym bench grue --report`).
+    committed = Path(__file__).parents[2] / "benchmarks" / "results" / "grue-offline"
+    board = run_grue(tmp_path, report=True, results=committed / "cells", console=Console(quiet=True))
+    on_disk = json.loads((committed / "leaderboard.json").read_text(encoding="utf-8"))
+    assert json.loads(json.dumps(board)) == on_disk
+    made = (tmp_path / "leaderboard.md").read_text(encoding="utf-8")
+    assert made == (committed / "leaderboard.md").read_text(encoding="utf-8")
