@@ -423,54 +423,48 @@ class GrueBench:
     def rescore(self) -> dict[str, str]:
         """Adds to each finished cell of the matrix the task metrics its scoring failed to compute (a metric fixed
         since), from the generations that scoring stored in ``<out>/samples/<cell>.jsonl``: nothing is generated
-        again and every stored value stays as it is. Returns, per cell looked at, what was done."""
-        from lmgym.data.registry import load_task
-        from lmgym.rewards.catalog import metric_infos
-        from lmgym.rollout.metric_set import MetricSet
-
+        again and every stored value stays as it is. Returns, per cell with such a metric, what was done."""
         done: dict[str, str] = {}
         for cell in self.cells():
-            path = self.result_path(cell)
-            result = _read_json(path) if path.exists() else {}
-            registered = metric_infos()
-            missing = result.get("missing", {})
-            failed = [name for name, why in missing.items() if str(why).startswith("failed") and name in registered]
-            if not failed:
-                continue
-            stored = self.samples_dir / f"{cell.name}.jsonl"
-            why = None if stored.exists() else f"no stored generations in {stored}"
-            if result.get("config_hash") != self.config_hash(cell):
-                why = "its settings differ from the config's"
-            if why:
-                again = "score it" if cell.algo == "zero-shot" else "train and score it"
-                done[cell.name] = f"not rescored ({why}); with {path} deleted, the next run will {again} again"
-                self.console.print(f"{cell.name}: {done[cell.name]}", highlight=False)
-                continue
-            records = [json.loads(line) for line in stored.read_text(encoding="utf-8").splitlines() if line.strip()]
-            config = self.config(cell)
-            task = load_task(config.task, **config.task_args)
-            samples = task.split(config.eval.split)[: len(records)]
-            ids = [str(r["id"]) for r in records]
-            if ids != [str(s.id) for s in samples] or ids != result.get("per_prompt", {}).get("ids", ids):
-                done[cell.name] = f"not rescored: {stored} holds other prompts than the result"
-                self.console.print(f"{cell.name}: {done[cell.name]}", highlight=False)
-                continue
-            scored = MetricSet(failed, task.annotate).score(samples, [r["generation"] for r in records])
-            added = {
-                key: scored.scores[key] for name in failed if name not in scored.missing for key in scored.keys[name]
-            }
-            columns, no_interval = metric_columns(added, scored.per_sample, len(records))
-            result["scores"] |= added
-            result["missing"] = {k: v for k, v in result["missing"].items() if k not in failed} | scored.missing
-            if result.get("per_prompt"):
-                result["per_prompt"] |= columns
-                result["no_interval"] = result.get("no_interval", {}) | no_interval
-            _write_json(path, result)
-            done[cell.name] = f"added {', '.join(added) or 'nothing'}" + (
-                f"; still failing: {', '.join(scored.missing)}" if scored.missing else ""
-            )
-            self.console.print(f"{cell.name}: {done[cell.name]}", highlight=False)
+            outcome = self._rescore_cell(cell)
+            if outcome is not None:
+                done[cell.name] = outcome
+                self.console.print(f"{cell.name}: {outcome}", highlight=False)
         return done
+
+    def _rescore_cell(self, cell: Cell) -> str | None:
+        from lmgym.data.registry import load_task
+
+        path = self.result_path(cell)
+        result = _read_json(path) if path.exists() else {}
+        missing = result.get("missing", {})
+        # The evaluation's own scores (FROM_EVALUATION) are not the metric set's, and never fail there.
+        failed = [n for n, why in missing.items() if str(why).startswith("failed") and n not in FROM_EVALUATION]
+        if not failed:
+            return None
+        stored = self.samples_dir / f"{cell.name}.jsonl"
+        why = None if stored.exists() else f"no stored generations in {stored}"
+        if result.get("config_hash") != self.config_hash(cell):
+            why = "its settings differ from the config's"
+        if why:
+            again = "score it" if cell.algo == "zero-shot" else "train and score it"
+            return f"not rescored ({why}); with {path} deleted, the next run will {again} again"
+        records = [json.loads(line) for line in stored.read_text(encoding="utf-8").splitlines() if line.strip()]
+        config = self.config(cell)
+        task = load_task(config.task, **config.task_args)
+        samples = task.split(config.eval.split)[: len(records)]
+        ids = [str(r["id"]) for r in records]
+        if ids != [str(s.id) for s in samples] or ids != result.get("per_prompt", {}).get("ids", ids):
+            return f"not rescored: {stored} holds other prompts than the result"
+        added, missing, per_sample = task_metrics(task, samples, [r["generation"] for r in records], {}, failed)
+        result["scores"] |= added
+        result["missing"] = {k: v for k, v in result["missing"].items() if k not in failed} | missing
+        if result.get("per_prompt"):
+            columns, no_interval = metric_columns(added, per_sample, len(records))
+            result["per_prompt"] |= columns
+            result["no_interval"] = result.get("no_interval", {}) | no_interval
+        _write_json(path, result)
+        return f"added {', '.join(added) or 'nothing'}" + (f"; still failing: {', '.join(missing)}" if missing else "")
 
     # --- results -------------------------------------------------------------------------------
 
@@ -608,19 +602,20 @@ def evaluate_cell(config: TrainConfig, model: str, base_model: str) -> Scored:
 
 
 def task_metrics(
-    task: Task, samples: list, generations: list[str], evaluated: dict[str, float]
+    task: Task, samples: list, generations: list[str], evaluated: dict[str, float], names: list[str] | None = None
 ) -> tuple[dict[str, float], dict[str, str], dict[str, list[float]]]:
-    """Corpus scores of the task's metric set on ``generations`` (in the set's order); for each metric that cannot
-    run here or fails, the reason (reported in the leaderboard instead of a score); the per-sample values of
-    those that have them."""
+    """Corpus scores of the task's metric set (or of ``names`` alone) on ``generations`` (in the set's order); for
+    each metric that cannot run here or fails, the reason (reported in the leaderboard instead of a score); the
+    per-sample values of those that have them."""
     from lmgym.rewards.catalog import metric_infos
     from lmgym.rollout.metric_set import MetricSet
 
     registered = metric_infos()
-    scored = MetricSet([n for n in task.metrics if n in registered], task.annotate).score(samples, generations)
+    names = list(task.metrics) if names is None else names
+    scored = MetricSet([n for n in names if n in registered], task.annotate).score(samples, generations)
     scores: dict[str, float] = {}
     missing: dict[str, str] = {}
-    for name in task.metrics:
+    for name in names:
         if name in FROM_EVALUATION:
             scores[name] = evaluated[FROM_EVALUATION[name]]
         elif name not in registered:
