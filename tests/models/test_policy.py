@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
 
+from lmgym.errors import InputError
 from lmgym.models.loading import LoadedModel, load_model, prepare_tokenizer
 from lmgym.models.policy import (
     Policy,
@@ -224,3 +225,16 @@ def test_generate_returns_tokens_and_matching_mask(loaded: LoadedModel) -> None:
     torch.manual_seed(0)
     again, _ = policy.generate(prompt_ids, prompt_mask, config, force)
     assert torch.equal(again, gen_ids)
+
+
+@pytest.mark.parametrize("setting", [{"num_return_sequences": 2}, {"num_beams": 2, "do_sample": False}])
+def test_generate_and_score_refuses_several_sequences_per_prompt_row(loaded: LoadedModel, setting: dict) -> None:
+    # Its batch keeps one row per prompt row: k sequences per row would misalign prompts, tokens and scores.
+    tok = loaded.tokenizer
+    policy = Policy(loaded.model, tok, loaded.is_seq2seq)
+    prompt_ids, prompt_mask, _ = tokenize_prompts(tok, PROMPTS, max_prompt_tokens=64)
+    config = make_generation_config(tok, max_new_tokens=3, **{"do_sample": True, "top_k": 0, **setting})
+    with pytest.raises(InputError, match="repeat each prompt row"):
+        policy.generate_and_score(prompt_ids, prompt_mask, config)
+    gen_ids, _ = policy.generate(prompt_ids, prompt_mask, config)  # plain generation returns them all
+    assert gen_ids.shape[0] == len(PROMPTS) * setting.get("num_return_sequences", 1)

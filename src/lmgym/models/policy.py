@@ -305,6 +305,12 @@ class Policy(nn.Module):
         With ``share_prefill``, repeated prompts (k completions each) are prefilled once
         (models/prefill.py).
         """
+        sequences, beams = generation.num_return_sequences or 1, generation.num_beams or 1
+        if sequences > 1 or beams > 1:  # the batch and its scores keep one row per prompt row
+            raise InputError(
+                "generate_and_score samples one sequence per prompt row, got num_return_sequences="
+                f"{sequences} and num_beams={beams}: repeat each prompt row k times instead (as GRPO does)"
+            )
         prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         generation = copy.deepcopy(generation)
         generation.return_dict_in_generate = True
