@@ -233,7 +233,7 @@ def test_generate_and_score_refuses_several_sequences_per_prompt_row(loaded: Loa
     tok = loaded.tokenizer
     policy = Policy(loaded.model, tok, loaded.is_seq2seq)
     prompt_ids, prompt_mask, _ = tokenize_prompts(tok, PROMPTS, max_prompt_tokens=64)
-    config = make_generation_config(tok, max_new_tokens=3, **{"do_sample": True, "top_k": 0, **setting})
+    config = make_generation_config(tok, max_new_tokens=3, **({"do_sample": True, "top_k": 0} | setting))
     with pytest.raises(InputError, match="repeat each prompt row"):
         policy.generate_and_score(prompt_ids, prompt_mask, config)
     gen_ids, _ = policy.generate(prompt_ids, prompt_mask, config)  # plain generation returns them all
