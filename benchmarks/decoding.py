@@ -1,6 +1,7 @@
-"""Generation on a CPU: HF ``generate`` as lmgym runs it (a dynamic KV cache) against a static cache and a
-static cache with the decoding step compiled (``torch.compile``, inductor), taking turns in one process, and
-the ceiling that the decoding step's matrix products set.
+"""Generation on a CPU: HF ``generate`` as lmgym runs it (a dynamic KV cache, few-row products as W·xᵀ:
+models/small_products.py) against the same with plain ``F.linear`` products, a static cache and a static cache
+with the decoding step compiled (``torch.compile``, inductor), taking turns in one process, and the ceiling
+that the decoding step's matrix products set.
 
     python benchmarks/decoding.py                  # the bundled model, 32 rows (8 prompts × 4), 24 tokens
     python benchmarks/decoding.py --model tiny --rounds 2
@@ -18,11 +19,14 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from transformers import CompileConfig
 
+import lmgym.models.small_products as small_products
 from lmgym.bench.speed import decode_matmul_ceiling, matmul_peak, recorded_forward_flops
 from lmgym.models.loading import load_model
 from lmgym.models.policy import Policy, make_generation_config
@@ -35,9 +39,20 @@ def variants() -> dict[str, dict[str, Any]]:
     compiled._compile_all_devices = True  # transformers compiles the decoding step on a GPU only, unless told
     return {
         "dynamic": {},
+        "plain products": {},  # the dynamic cache with F.linear at every row count (`plain_products`)
         "static": {"cache_implementation": "static"},
         "static+compile": {"cache_implementation": "static", "compile_config": compiled},
     }
+
+
+@contextmanager
+def plain_products() -> Iterator[None]:
+    """Generation with ``F.linear`` for every product (lmgym's way before models/small_products.py)."""
+    saved, small_products.MAX_ROWS = small_products.MAX_ROWS, 0
+    try:
+        yield
+    finally:
+        small_products.MAX_ROWS = saved
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -65,9 +80,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def generate(name: str) -> tuple[torch.Tensor, float]:
         torch.manual_seed(0)
-        start = time.perf_counter()
-        ids, _ = policy.generate(enc.input_ids, enc.attention_mask, settings[name])
-        return ids, time.perf_counter() - start
+        with plain_products() if name == "plain products" else nullcontext():
+            start = time.perf_counter()
+            ids, _ = policy.generate(enc.input_ids, enc.attention_mask, settings[name])
+            return ids, time.perf_counter() - start
 
     # The FLOPs are counted once, on the dynamic cache: hooks on a compiled model would make it recompile.
     with recorded_forward_flops(policy.model) as flops:

@@ -29,6 +29,7 @@ from rich.table import Table
 from lmgym.algos.ppo import PPOTrainer
 from lmgym.config import PPOConfig, load_config
 from lmgym.errors import InputError
+from lmgym.models.small_products import product
 from lmgym.rollout.rollout import Rollout
 
 PHASES = ("generate", "score", "reward", "update")
@@ -352,7 +353,8 @@ def decode_matmul_shapes(model: torch.nn.Module) -> dict[tuple[int, int], int]:
 
 def decode_matmul_ceiling(model: torch.nn.Module, rows: int, min_seconds: float = 0.05) -> float:
     """GFLOP/s of one decoding step's matrix products alone: ``rows`` × in inputs through every linear shape
-    of ``model`` (float32, the current thread count, best of repeats), FLOPs summed over the step.
+    of ``model`` (float32, the current thread count, best of repeats), FLOPs summed over the step, each computed
+    as generation computes it (`lmgym.models.small_products.product`).
 
     Decoding multiplies a few rows by each weight, a shape at which a CPU's GEMM reaches only part of the
     square-matrix peak (`matmul_peak`); this is the most a generation phase could reach on this machine at
@@ -361,8 +363,7 @@ def decode_matmul_ceiling(model: torch.nn.Module, rows: int, min_seconds: float 
     flops = seconds = 0.0
     for (n_in, n_out), count in decode_matmul_shapes(model).items():
         x, w = torch.randn(rows, n_in, generator=gen), torch.randn(n_out, n_in, generator=gen)
-        out = torch.empty(rows, n_out)
-        best, _ = _best_seconds(lambda x=x, w=w, out=out: torch.mm(x, w.t(), out=out), 3, min_seconds)
+        best, _ = _best_seconds(lambda x=x, w=w: product(x, w), 3, min_seconds)
         flops += count * 2.0 * rows * n_in * n_out
         seconds += count * best
     if seconds <= 0:

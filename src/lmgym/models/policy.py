@@ -23,6 +23,7 @@ from lmgym.models.logprobs import token_logprobs
 from lmgym.models.lora import adapters_disabled, is_peft_model
 from lmgym.models.packing import Packed, can_pack, pack
 from lmgym.models.prefill import prefill_distinct_prompts
+from lmgym.models.small_products import transposed_small_products
 from lmgym.models.trunk import (
     TrunkStates,
     can_start_from,
@@ -344,9 +345,10 @@ class Policy(nn.Module):
         logits_processor: LogitsProcessorList | None,
         **extra: object,
     ):
-        """HF ``generate``, sampling each token with one uniform number (models/categorical.py). A rank whose
-        sequences have all ended keeps joining the others' forward passes (``synced_gpus``)."""
-        with inverse_cdf_sampling():
+        """HF ``generate``, sampling each token with one uniform number (models/categorical.py) and decoding's
+        few-row products transposed (models/small_products.py). A rank whose sequences have all ended keeps
+        joining the others' forward passes (``synced_gpus``)."""
+        with inverse_cdf_sampling(), transposed_small_products():
             return self.model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
