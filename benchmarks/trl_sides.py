@@ -25,8 +25,9 @@ rewards come the ratios:
   reach stands in (and is stated);
 - update peak fraction: the update's matmul FLOPs (estimated analytically: what actually runs, frozen
   blocks forward only, blocks skipped by the kept trunk states not at all) per CPU second of the update
-  phase, over the fp32 ``torch.mm`` peak per CPU second measured in the same process (the wall-clock
-  version is reported beside it); the lower of lmgym's two sides;
+  phase, over the fp32 ``torch.mm`` peak per CPU second measured in the same process right after that
+  step (untimed; this machine's speed drifts by up to 2× within a run), the median over the timed steps
+  as for the step ratios (the wall-clock version is reported beside it); the lower of lmgym's two sides;
 - score forwards: forward passes of each model (policy, reference, critic) in the score phase, per batch;
 - memory: the peak RSS of the training steps (the kernel's high-water mark, reset once the models are
   loaded) of lmgym's PPO over TRL's GRPO.
@@ -313,6 +314,8 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
             t0, cpu0 = time.perf_counter(), time.process_time()
             record = trainer.step(step)
             seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
+            # The peak right after this step's update (untimed): the machine's speed drifts within a run.
+            step_peak, step_peak_cpu = matmul_peak(settings.matmul_size)
             gate.release()
             steps.append(
                 {
@@ -321,6 +324,8 @@ def run_lmgym_side(settings: Settings, algo: str, gate: Gate | None = None) -> d
                     "reward": record["reward/task"],
                     "kl": record["kl"],
                     **{f"seconds_{p}": record[f"time/{p}"] for p in ("generate", "score", "reward", "update")},
+                    "matmul_peak_gflops": step_peak,
+                    "matmul_peak_cpu_gflops": step_peak_cpu,
                 }
             )
         peak_rss = peak_rss_mib()
@@ -635,20 +640,26 @@ def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str,
     trl_time = time_to_level(trl["steps"], level)
     ttr_ratio = reached[best_side] / trl_time if best_side and trl_time else float("nan")
 
+    def per_step_fraction(r: dict[str, Any], flops: list[float], seconds: list[float], peak_key: str) -> float:
+        """Median over the timed steps of each step's FLOP/s over the peak measured right after that step (the
+        run's own peak where a step has none)."""
+        return median(
+            f / t / 1e9 / step.get(peak_key, r[peak_key])
+            for f, t, step in zip(flops[1:], seconds[1:], r["steps"][1:], strict=True)
+        )
+
     def peak_fraction(r: dict[str, Any], clock: str) -> float:
         if clock == "cpu":  # process CPU time: what the work costs, whatever else runs on the machine
-            seconds, peak = sum(r["update_cpu_seconds"][1:]), r["matmul_peak_cpu_gflops"]
-        else:
-            seconds, peak = sum(s["seconds_update"] for s in r["steps"][1:]), r["matmul_peak_gflops"]
-        return sum(r["update_flops"][1:]) / seconds / 1e9 / peak
+            return per_step_fraction(r, r["update_flops"], r["update_cpu_seconds"], "matmul_peak_cpu_gflops")
+        update_seconds = [s["seconds_update"] for s in r["steps"]]
+        return per_step_fraction(r, r["update_flops"], update_seconds, "matmul_peak_gflops")
 
     fractions = {name: peak_fraction(r, "cpu") for name, r in ours.items()}
     # Generation by the wall clock (its CPU time is not measured apart from the step's).
     generation = {
-        name: sum(r["generation_flops"][1:])
-        / sum(s["seconds_generate"] for s in r["steps"][1:])
-        / 1e9
-        / r["matmul_peak_gflops"]
+        name: per_step_fraction(
+            r, r["generation_flops"], [s["seconds_generate"] for s in r["steps"]], "matmul_peak_gflops"
+        )
         for name, r in ours.items()
     }
     # What generation could reach if all but the decoding step's products were free (their FLOP/s at the
@@ -695,6 +706,10 @@ def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str,
             "generation_fraction_of_ceiling": {name: generation[name] / c for name, c in ceiling.items()},
             "matmul_peak_gflops": {name: r["matmul_peak_gflops"] for name, r in results.items()},
             "matmul_peak_cpu_gflops": {name: r["matmul_peak_cpu_gflops"] for name, r in results.items()},
+            "step_matmul_peak_cpu_gflops": {  # measured right after each timed step of lmgym's sides
+                name: [s.get("matmul_peak_cpu_gflops", r["matmul_peak_cpu_gflops"]) for s in r["steps"][1:]]
+                for name, r in ours.items()
+            },
             "score_forwards_per_model_max": forwards,
             "peak_rss_mib": {name: r["peak_rss_mib"] for name, r in results.items()},
         },

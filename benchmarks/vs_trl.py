@@ -180,9 +180,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         highlight=False,
     )
     console.print(
-        "  update FLOP per CPU second over the fp32 matmul peak (same clock, same process): "
+        "  update FLOP per CPU second over the fp32 matmul peak measured right after each step (same clock, same "
+        "process; median over the steps): "
         + per_side(details["update_peak_fraction"], ".1%")
-        + " (peak GFLOP per CPU second: "
+        + " (those peaks, GFLOP per CPU second: "
+        + ", ".join(f"{k} {min(v):.0f}-{max(v):.0f}" for k, v in details["step_matmul_peak_cpu_gflops"].items())
+        + "; at the end of the run: "
         + per_side(details["matmul_peak_cpu_gflops"], ".1f")
         + "); by the wall clock: "
         + per_side(details["update_peak_fraction_wall_clock"], ".1%")

@@ -74,7 +74,12 @@ def test_compare_ratios_and_fallback_level() -> None:
         "matmul_peak_gflops": 100.0,
         "decode_matmul_ceiling_gflops": 50.0,
     }
+    # Each step's update over the peak measured right after it, the median over the timed steps: a slow update
+    # (3 CPU seconds: 10%) and one next to a slow peak (50 GFLOP/s: 60%) leave the median at 30%.
+    grpo["update_cpu_seconds"][2] = 3.0
+    grpo["steps"][3]["matmul_peak_cpu_gflops"] = 50.0
     ratios = compare({"trl-grpo": trl, "lmgym-grpo": grpo, "lmgym-ppo": ppo}, settings)
+    assert ratios["details"]["update_peak_fraction"] == pytest.approx({"lmgym-grpo": 0.3, "lmgym-ppo": 0.5})
     assert ratios["grpo_step_ratio"] == pytest.approx(0.5)
     assert ratios["ppo_step_ratio"] == pytest.approx(0.75)
     assert ratios["memory_ratio"] == pytest.approx(1.2)
