@@ -1,11 +1,11 @@
 """Decoding's matrix products in the orientation a CPU's BLAS runs fastest at a few rows.
 
 A decoding step multiplies one row per sequence by every weight of the model. ``F.linear(x, W)`` asks the
-BLAS for x·Wᵀ; with up to `MAX_ROWS` rows, MKL computes the same product as W·xᵀ, transposed back, 1.2-2.5×
-faster on a 2-core AVX-512 CPU (the bundled model's products at 32 rows: 1.45×; `benchmarks/decoding.py`
-times whole generations both ways). Within `transposed_small_products`, every float32 CPU ``nn.Linear``
-applied to at most `MAX_ROWS` rows computes it that way; larger products (a prefill, a training pass) and
-every other device or dtype keep ``F.linear``.
+BLAS for x·Wᵀ; with up to `MAX_ROWS` rows, MKL computes the same product faster as W·xᵀ, transposed back (on
+a 2-core AVX-512 CPU one decoding step's products of the bundled model at 32 rows went from 52-58% to 61% of
+the square-matrix peak; `benchmarks/decoding.py` times whole generations both ways). Within
+`transposed_small_products`, every float32 CPU ``nn.Linear`` applied to at most `MAX_ROWS` rows computes it
+that way; larger products (a prefill, a training pass) and every other device or dtype keep ``F.linear``.
 
 The two agree bit for bit with MKL from 12 rows up (and at one row). From 2 to 11 rows ``F.linear`` takes
 another MKL kernel whose sums round differently in the last bits (about 1e-7 relative), so a seed may draw
