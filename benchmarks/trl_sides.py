@@ -645,11 +645,9 @@ def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str,
     ttr_ratio = reached[best_side] / trl_time if best_side and trl_time else float("nan")
 
     def per_step_fraction(r: dict[str, Any], flops: list[float], seconds: list[float], peak_key: str) -> float:
-        """Median over the timed steps of each step's FLOP/s over the peak measured right after that step (the
-        run's own peak where a step has none)."""
+        """Median over the timed steps of each step's FLOP/s over the peak measured right after that step."""
         return median(
-            f / t / 1e9 / step.get(peak_key, r[peak_key])
-            for f, t, step in zip(flops[1:], seconds[1:], r["steps"][1:], strict=True)
+            f / t / 1e9 / step[peak_key] for f, t, step in zip(flops[1:], seconds[1:], r["steps"][1:], strict=True)
         )
 
     def peak_fraction(r: dict[str, Any], clock: str) -> float:
@@ -711,8 +709,7 @@ def compare(results: dict[str, dict[str, Any]], settings: Settings) -> dict[str,
             "matmul_peak_gflops": {name: r["matmul_peak_gflops"] for name, r in results.items()},
             "matmul_peak_cpu_gflops": {name: r["matmul_peak_cpu_gflops"] for name, r in results.items()},
             "step_matmul_peak_cpu_gflops": {  # measured right after each timed step of lmgym's sides
-                name: [s.get("matmul_peak_cpu_gflops", r["matmul_peak_cpu_gflops"]) for s in r["steps"][1:]]
-                for name, r in ours.items()
+                name: [s["matmul_peak_cpu_gflops"] for s in r["steps"][1:]] for name, r in ours.items()
             },
             "score_forwards_per_model_max": forwards,
             "peak_rss_mib": {name: r["peak_rss_mib"] for name, r in results.items()},

@@ -45,7 +45,13 @@ def test_moving_mean_and_time_to_level() -> None:
 
 def test_compare_ratios_and_fallback_level() -> None:
     settings = Settings(model="tiny", steps=7, completions=8, k=4, micro_batch=4)
-    lmgym_extra = {"seconds_update": 1.0, "seconds_generate": 2.0}
+    # The lmgym sides measure the matmul peak right after each step.
+    lmgym_extra = {
+        "seconds_update": 1.0,
+        "seconds_generate": 2.0,
+        "matmul_peak_gflops": 100.0,
+        "matmul_peak_cpu_gflops": 100.0,
+    }
     trl = {
         "steps": _steps([9.0] + [4.0] * 6, [0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4]),  # best moving mean 0.34
         "peak_rss_mib": 1000.0,

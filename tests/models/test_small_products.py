@@ -81,7 +81,7 @@ def test_generation_decodes_through_it_with_the_same_logits_and_tokens(monkeypat
     plain = policy.generate(ids, mask, generation)[0]
     assert torch.equal(transposed, plain)
 
-    monkeypatch.setattr(small_products, "MAX_ROWS", 64)
+    monkeypatch.setattr(small_products, "MAX_ROWS", MAX_ROWS)
     step = transposed[:, :1]  # one token per row, as a decoding step without its cache
     with torch.no_grad():
         expected = policy.model(step).logits
