@@ -81,6 +81,23 @@ def test_the_copy_reuses_its_buffers() -> None:
     assert pointers[0] == pointers[1] == pointers[2]
 
 
+def test_on_a_cpu_each_tensor_is_copied_into_a_block_of_its_own() -> None:
+    """Tensor-sized blocks, which the C heap fits into the holes the update's activations left, not one block
+    of the whole state's size (algos/guards.py `KeptTensors`)."""
+    model, optimizer = _model_and_optimizer()
+    rollback = Rollback(copies=True)
+    for iteration in (1, 2):
+        rollback.begin(iteration, {})
+        trainable = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        start = trainable + [v.clone() for state in optimizer.state.values() for v in state.values()]
+        _train_step(model, optimizer, rollback)
+    kept = rollback.current().tensors  # the start of iteration 2
+    assert kept.buffer is None and len(kept.copies) == len(start)
+    for copy, source in zip(kept.copies, start, strict=True):
+        assert copy.untyped_storage().nbytes() == source.nbytes and torch.equal(copy, source)
+    assert kept.nbytes == sum(s.nbytes for s in start)
+
+
 def test_an_iteration_without_a_change_leaves_the_live_state_good() -> None:
     model, optimizer = _model_and_optimizer()
     rollback = Rollback(copies=False)
@@ -171,7 +188,7 @@ def test_on_a_cpu_the_copy_is_freed_once_the_next_kl_guard_has_passed() -> None:
     _train_step(model, optimizer, rollback)
     rollback.begin(2, {})
     kept = rollback.before_previous_update().tensors
-    assert kept is not None and not kept.pinned and kept.nbytes >= 4 * (12 + 3 + 1)  # one flat buffer
+    assert kept is not None and not kept.pinned and kept.nbytes >= 4 * (12 + 3 + 1)
     rollback.release_previous()
     assert rollback.before_previous_update() is None
     assert rollback.current().tensors is None  # nothing changed yet in iteration 2: the live tensors
