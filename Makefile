@@ -73,10 +73,12 @@ bench-grue: $(STAMP) wordnet
 	$(BIN)/lmgym bench grue --out runs/grue-offline --budget 900 --seeds 3 --results benchmarks/results/grue-offline/cells
 
 # Seconds per phase of one lmgym PPO iteration, tokens/s, update FLOP/s against the matmul peak; then generation
-# with a dynamic, a static and a compiled static KV cache, and the ceiling the decoding step's matmuls set.
+# with a dynamic, a static and a compiled static KV cache, and the ceiling the decoding step's matmuls set; then
+# where a full fine-tune's update and a decoding step spend their time.
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/decoding.py
+	$(BIN)/python benchmarks/where_time_goes.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -29,7 +29,8 @@ NOT_RUN = {
     "lmgym eval runs/demo": "needs the demo run; `lmgym eval` of the toy run below stands in for it",
     "lmgym train configs/demo.yaml --resume": "the bundled model (minutes); tests/test_run_folders.py resumes",
     "make bench": "about 25 minutes; tests/benchmarks/test_vs_trl.py runs the comparison on the tiny model",
-    "make bench-speed": "the bundled model; tests/bench/test_speed.py, tests/benchmarks/test_decoding.py: tiny model",
+    "make bench-speed": "the bundled model; tests/bench/test_speed.py, tests/benchmarks/test_decoding.py and "
+    "test_where_time_goes.py: tiny model",
 }
 
 

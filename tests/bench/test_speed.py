@@ -91,6 +91,26 @@ def test_update_flops_match_the_flop_counter_with_frozen_blocks(trainable_layers
     assert math.isclose(estimate, counter.get_total_flops(), rel_tol=0.03)
 
 
+def test_pass_flops_without_attention_count_the_weights_products_alone() -> None:
+    """``attention=False`` leaves out Q·Kᵀ and A·V (batched products in eager attention): what remains matches
+    the counter's plain matrix products."""
+    torch.manual_seed(0)
+    loaded = load_model("tiny")
+    loaded.model.set_attn_implementation("eager")
+    policy = Policy(loaded.model, loaded.tokenizer, loaded.is_seq2seq, value_head="none")
+    B, P, G = 3, 20, 5
+    ones = torch.ones(B, P, dtype=torch.long)
+    batch = TokenBatch(torch.randint(4, 400, (B, P)), ones, torch.randint(4, 400, (B, G)), ones[:, :G])
+    counter = FlopCounterMode(display=False)
+    with counter, recorded_passes(loaded.model) as passes:
+        policy.score(batch, with_entropy=False).logprobs.sum().backward()
+    counts = counter.get_flop_counts()["Global"]
+    products = sum(n for op, n in counts.items() if op in (torch.ops.aten.mm, torch.ops.aten.addmm))
+    assert counts[torch.ops.aten.bmm] > 0  # the attention ran, and is left out below
+    assert math.isclose(passes_flops(loaded.model, passes, attention=False), products, rel_tol=0.03)
+    assert passes_flops(loaded.model, passes) > passes_flops(loaded.model, passes, attention=False)
+
+
 def test_update_flops_of_a_pass_from_kept_trunk_states() -> None:
     """Starting from the states kept during generation, the frozen bottom block does not run at all."""
     torch.manual_seed(0)

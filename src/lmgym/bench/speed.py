@@ -125,10 +125,12 @@ def pass_flops(
     value_outputs: int = 0,
     separate_critic: bool = False,
     skipped_blocks: int = 0,
+    attention: bool = True,
 ) -> float:
     """Matmul FLOPs of forward + backward of one pass of a causal LM over ``rows`` × ``seq_len`` tokens, with the
     LM head at ``head_outputs`` positions in all and the value head (trained) at ``value_outputs`` (the terms of
-    `update_flops`; a packed pass, models/packing.py, has its own rows, length and head positions)."""
+    `update_flops`; a packed pass, models/packing.py, has its own rows, length and head positions). Without
+    ``attention``: the weights' products alone (Q·Kᵀ and A·V left out)."""
     from lmgym.models.policy import transformer_blocks
 
     embedding = model.get_input_embeddings().weight
@@ -140,7 +142,7 @@ def pass_flops(
     blocks = [block for stack in transformer_blocks(model) for block in stack]
     trains = [any(p.requires_grad for p in block.parameters()) for block in blocks]
     lowest = 0 if embedding.requires_grad else next((i for i, t in enumerate(trains) if t), len(blocks))
-    attention = 4 * S * S * width * rows
+    attention_flops = 4 * S * S * width * rows if attention else 0
     in_blocks = {id(p) for block in blocks for p in block.parameters()} | {id(embedding), id(head)}
     rest = sum(p.numel() for p in model.parameters() if id(p) not in in_blocks)  # final norm etc.
     total = 0.0
@@ -149,15 +151,16 @@ def pass_flops(
         if i < skipped_blocks:
             continue
         if i < lowest:
-            total += 2 * params * tokens + attention
+            total += 2 * params * tokens + attention_flops
         else:
-            total += (6 if trainable else 4) * params * tokens + 3 * attention
+            total += (6 if trainable else 4) * params * tokens + 3 * attention_flops
     total += (6 if lowest < len(blocks) else 2) * rest * tokens
     total += (head_cost if head.requires_grad or lowest < len(blocks) else 2) * head.numel() * head_outputs
     total += 6 * value_head_params * value_outputs
     if separate_critic:  # every block of the critic trains; its LM head runs forward only
         block_params = sum(p.numel() for block in blocks for p in block.parameters())
-        total += 6 * (block_params + rest) * tokens + 3 * attention * len(blocks) + 2 * head.numel() * head_outputs
+        total += 6 * (block_params + rest) * tokens + 3 * attention_flops * len(blocks)
+        total += 2 * head.numel() * head_outputs
     return float(total)
 
 
@@ -237,7 +240,11 @@ def recorded_forward_flops(model: torch.nn.Module) -> Iterator[list[float]]:
 
 
 def passes_flops(
-    model: torch.nn.Module, passes: list[Pass], value_head_params: int = 0, separate_critic: bool = False
+    model: torch.nn.Module,
+    passes: list[Pass],
+    value_head_params: int = 0,
+    separate_critic: bool = False,
+    attention: bool = True,
 ) -> float:
     """`pass_flops` summed over recorded passes (the value head, if any, at every row of logits)."""
     return sum(
@@ -250,6 +257,7 @@ def passes_flops(
             p.head_outputs if value_head_params else 0,
             separate_critic,
             p.skipped_blocks,
+            attention,
         )
         for p in passes
     )
