@@ -34,6 +34,11 @@ from lmgym.models.policy import Policy, make_generation_config
 OPENING = "I went to see this movie last week with a couple of friends. The plot follows a family that moves to"
 
 
+def repeated_prompts(prompts: int, k: int) -> list[str]:
+    """``prompts`` distinct review openings, each repeated ``k`` times (a group algorithm's rollout rows)."""
+    return [f"{OPENING} town number {i} and" for i in range(prompts) for _ in range(k)]
+
+
 def variants() -> dict[str, dict[str, Any]]:
     compiled = CompileConfig(mode="default")  # "reduce-overhead" means CUDA graphs, which a CPU has not
     compiled._compile_all_devices = True  # transformers compiles the decoding step on a GPU only, unless told
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loaded = load_model(args.model)
     policy = Policy(loaded.model, loaded.tokenizer, loaded.is_seq2seq, value_head="none")
     tok = loaded.tokenizer
-    prompts = [f"{OPENING} town number {i} and" for i in range(args.prompts) for _ in range(args.k)]
+    prompts = repeated_prompts(args.prompts, args.k)
     enc = tok(prompts, return_tensors="pt", padding=True)
     settings = {
         name: make_generation_config(

@@ -4,7 +4,7 @@ The update: lmgym GRPO in the setting of ``vs_trl.py --setting full`` (every wei
 of 24 tokens, 2 micro-batches, the guards' rollback copy on), ``--steps`` steps. Its parts are timed by the
 wall clock without a profiler: the forward passes (scores and loss), the backward passes, the guards' host copy,
 the optimizer step (without the copy it triggers), the gradient clipping, and the rest; medians over the steps
-after the third (the heap is still growing before). One more update runs under ``torch.profiler``: the
+after the third (the heap may still grow before). One more update runs under ``torch.profiler``: the
 operators inside its forward and backward passes are split into matrix products, attention and the rest, and
 the products' FLOP/s there are set against the fp32 matmul peak measured in the same process.
 
@@ -32,14 +32,14 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from decoding import OPENING
+from decoding import repeated_prompts
 from trl_sides import PRESETS, Settings, lmgym_overrides
 
 from lmgym.bench.speed import decode_matmul_ceiling, matmul_peak, passes_flops, recorded_passes
 from lmgym.models.small_products import product
 
 PARTS = ("forward", "backward", "guards copy", "optimizer step", "clip")
-WARM_STEPS = 3  # steps left out of the medians: the heap grows until then (lmgym.host_memory)
+WARM_STEPS = 3  # steps left out of the medians: the kept heap may still grow in those (lmgym.host_memory)
 
 
 def operator_kind(name: str) -> str:
@@ -113,14 +113,15 @@ def profile_update(settings: Settings) -> dict[str, Any]:
         trainer = get_trainer("grpo")(config, overwrite=True, console=Console(file=io.StringIO()))
         model = trainer.policy.model
         update = trainer.update
-        passes: list[Any] = []
-        profiling: list[Any] = []  # the profiler of the update that runs under one
+        passes: list[Any] = []  # the shapes of the last update's passes
+        profiler: torch.profiler.profile | None = None  # the next update runs under it when set
 
         def recorded_update(*args: Any, **kwargs: Any) -> Any:
+            nonlocal passes
             with ExitStack() as stack:
-                passes[:] = [stack.enter_context(recorded_passes(model))]
-                if profiling:
-                    stack.enter_context(profiling[0])
+                passes = stack.enter_context(recorded_passes(model))
+                if profiler is not None:
+                    stack.enter_context(profiler)
                 return update(*args, **kwargs)
 
         trainer.update = recorded_update
@@ -128,18 +129,18 @@ def profile_update(settings: Settings) -> dict[str, Any]:
         for step in range(1, settings.steps + 1):
             with timed_parts(trainer) as parts:
                 seconds = trainer.step(step)["time/update"]
-            flops = passes_flops(model, passes[0])
+            flops = passes_flops(model, passes)
             peak, _ = matmul_peak(settings.matmul_size)  # right after the step: the machine's speed drifts
             steps.append({"update": seconds, **parts, "peak_fraction": flops / 1e9 / seconds / peak})
-        profiling.append(torch.profiler.profile())
+        profiler = torch.profiler.profile()
         with timed_parts(trainer):
             trainer.step(settings.steps + 1)
         peak, _ = matmul_peak(settings.matmul_size)
-        split = profile_split(profiling[0].events())
+        split = profile_split(profiler.events())
     timed = steps[WARM_STEPS:] or steps[-1:]
     medians = {key: statistics.median(s[key] for s in timed) for key in ("update", *PARTS, "peak_fraction")}
     profiled = sum(split.values())
-    products_gflop = passes_flops(model, passes[0], attention=False) / 1e9
+    products_gflop = passes_flops(model, passes, attention=False) / 1e9
     return {
         "seconds": medians["update"],
         "parts": {part: medians[part] for part in PARTS} | {"rest": medians["update"] - sum(medians[p] for p in PARTS)},
@@ -166,8 +167,7 @@ def decoding_parts(model_name: str, rows: int, k: int, new_tokens: int, rounds: 
     linears = [m for m in policy.model.modules() if isinstance(m, torch.nn.Linear)]
     out: dict[str, Any] = {"rows": rows, "new_tokens": new_tokens}
     for n in (rows, 1):
-        prompts = [f"{OPENING} town number {i} and" for i in range(max(n // k, 1)) for _ in range(min(k, n))]
-        enc = tok(prompts, return_tensors="pt", padding=True)
+        enc = tok(repeated_prompts(max(n // k, 1), min(k, n)), return_tensors="pt", padding=True)
         inputs = [torch.randn(n, m.in_features) for m in linears]
 
         def generate(enc: Any = enc) -> None:

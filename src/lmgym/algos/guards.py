@@ -75,13 +75,16 @@ class KeptTensors:
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra checkpoint modules
     copies: list[torch.Tensor] = field(default_factory=list)  # every copy, in copy order
     buffer: torch.Tensor | None = None  # from a GPU: the pinned bytes all the copies are views of
-    pinned: bool = False
     layout: list[tuple[torch.Size, torch.dtype]] = field(default_factory=list)  # of the copies, in copy order
     event: Any = None  # a CUDA event recorded after asynchronous copies; waited on before the copy is read
 
     def wait(self) -> None:
         if self.event is not None:
             self.event.synchronize()
+
+    @property
+    def pinned(self) -> bool:
+        return self.buffer is not None
 
     @property
     def nbytes(self) -> int:
@@ -133,7 +136,7 @@ def keep_tensors(
     on_gpu = any(t.is_cuda for t in sources)
     kept = kept if kept is not None and kept.layout == layout else KeptTensors(layout=layout)
     if not kept.copies and on_gpu:
-        kept.buffer, kept.pinned = _pinned_buffer(layout), True
+        kept.buffer = _pinned_buffer(layout)
         kept.copies = _views(kept.buffer, layout)
     elif not kept.copies:
         kept.copies = [torch.empty(shape, dtype=dtype) for shape, dtype in layout]

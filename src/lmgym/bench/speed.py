@@ -366,7 +366,9 @@ def decode_matmul_ceiling(model: torch.nn.Module, rows: int, min_seconds: float 
 
     Decoding multiplies a few rows by each weight, a shape at which a CPU's GEMM reaches only part of the
     square-matrix peak (`matmul_peak`); this is the most a generation phase could reach on this machine at
-    this batch size if everything but these products took no time."""
+    this batch size if everything but these products took no time. An upper bound: each shape is repeated
+    with its weight in cache, while a decoding step reads every weight from memory once
+    (benchmarks/where_time_goes.py times the products that way)."""
     gen = torch.Generator().manual_seed(0)
     flops = seconds = 0.0
     for (n_in, n_out), count in decode_matmul_shapes(model).items():
