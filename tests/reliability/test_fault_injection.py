@@ -12,6 +12,7 @@ run is the run a fresh process makes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -177,6 +178,9 @@ class Server:
         return self.root / f"{name}.stderr"
 
     def close(self) -> None:
+        if self.pid is not None:  # a test failed while its run was going: the server waits on it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
         self.proc.stdin.close()
         self.proc.wait(timeout=TIMEOUT)
 
