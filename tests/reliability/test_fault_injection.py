@@ -6,8 +6,7 @@ server process (written below) that has imported the library once: a fresh inter
 run importing torch and transformers (about 9 of 14 s here), and a forked child is killed the same way. The
 server can also make a child kill itself at chosen points: inside a checkpoint write (files written, not yet
 renamed), half-way through deleting an old checkpoint, half-way through appending a metrics line, and while
-saving the final model. That the killed runs resume to the fresh run's exact weights also checks that a forked
-run is the run a fresh process makes.
+saving the final model. A test checks that an uninterrupted forked run is the fresh run, bit for bit.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ SERVER = r"""
 import json, os, signal, sys, traceback
 from pathlib import Path
 
-import lmgym.api  # the slow imports, once, before any fork (no thread is started by them)
+import lmgym.api  # the slow imports, once, before any fork (they start no thread: the fork is safe)
 from lmgym import checkpoint, tracking
 from lmgym.algos import onpolicy
 from lmgym.cli import main
