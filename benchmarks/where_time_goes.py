@@ -131,19 +131,20 @@ def profile_update(settings: Settings) -> dict[str, Any]:
                 seconds = trainer.step(step)["time/update"]
             flops = passes_flops(model, passes)
             peak, _ = matmul_peak(settings.matmul_size)  # right after the step: the machine's speed drifts
-            steps.append({"update": seconds, **parts, "peak_fraction": flops / 1e9 / seconds / peak})
+            rest = seconds - sum(parts.values())  # per step: medians of the parts need not add up to the update's
+            steps.append({"update": seconds, **parts, "rest": rest, "peak_fraction": flops / 1e9 / seconds / peak})
         profiler = torch.profiler.profile()
         with timed_parts(trainer):
             trainer.step(settings.steps + 1)
         peak, _ = matmul_peak(settings.matmul_size)
         split = profile_split(profiler.events())
     timed = steps[WARM_STEPS:] or steps[-1:]
-    medians = {key: statistics.median(s[key] for s in timed) for key in ("update", *PARTS, "peak_fraction")}
+    medians = {key: statistics.median(s[key] for s in timed) for key in ("update", *PARTS, "rest", "peak_fraction")}
     profiled = sum(split.values())
     products_gflop = passes_flops(model, passes, attention=False) / 1e9
     return {
         "seconds": medians["update"],
-        "parts": {part: medians[part] for part in PARTS} | {"rest": medians["update"] - sum(medians[p] for p in PARTS)},
+        "parts": {part: medians[part] for part in (*PARTS, "rest")},
         "peak_fraction": medians["peak_fraction"],
         "steps_in_medians": len(timed),
         "profiled_forward_backward_seconds": profiled,

@@ -118,6 +118,11 @@ def args_for(run_dir: Path, name: str) -> list[str]:
     return tiny_run(run_dir, name, f"iterations={ITERATIONS}", "eval.every=2", "checkpoint.keep=2")
 
 
+def cli_args(run_dir: Path, name: str) -> list[str]:
+    """`args_for` as `lmgym train` options."""
+    return ["train", *(part for arg in args_for(run_dir, name) for part in ("--set", arg))]
+
+
 def environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -150,8 +155,7 @@ class Server:
         return line.decode()
 
     def start(self, name: str, mode: str = "none", nth: int = 0) -> None:
-        sets = [part for arg in args_for(self.root, name) for part in ("--set", arg)]
-        request = {"args": ["train", *sets], "mode": mode, "nth": nth, "stderr": str(self.stderr(name))}
+        request = {"args": cli_args(self.root, name), "mode": mode, "nth": nth, "stderr": str(self.stderr(name))}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         pid = self._line(TIMEOUT)
@@ -196,9 +200,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pa
     script = root / "server.py"
     script.write_text(SERVER, encoding="utf-8")
     server = Server(script, root)  # imports while the reference runs
-    sets = [part for arg in args_for(root, "reference") for part in ("--set", arg)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lmgym.cli", "train", *sets],
+        [sys.executable, "-m", "lmgym.cli", *cli_args(root, "reference")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=environment(),
