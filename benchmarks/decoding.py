@@ -27,7 +27,7 @@ import torch
 from transformers import CompileConfig
 
 import lmgym.models.small_products as small_products
-from lmgym.bench.speed import decode_matmul_ceiling, matmul_peak, recorded_forward_flops
+from lmgym.bench.speed import decode_matmul_ceiling, machine, matmul_peak, recorded_forward_flops
 from lmgym.models.loading import load_model
 from lmgym.models.policy import Policy, make_generation_config
 
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "decode_matmul_ceiling_fraction": by_rows[len(prompts)],
         "ceiling_fraction_by_rows": by_rows,
         "matmul_peak_gflops": peak,
+        "machine": machine(),
     }
     for name in settings:
         print(f"{name:>15}: {median[name]:.2f} s (" + ", ".join(f"{s:.2f}" for s in seconds[name]) + ")")

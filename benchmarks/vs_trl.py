@@ -40,6 +40,8 @@ from trl_sides import (
     trl_grpo_config_kwargs,
 )
 
+from lmgym.bench.speed import machine
+
 TARGETS = {  # per setting (trl_sides.setting_name), key: (bound, "<=" or ">=")
     "top8": {
         "grpo_step_ratio": (0.7, "<="),
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + f", {settings.threads} threads (setting: {setting_name(settings)})",
         highlight=False,
     )
+    hardware = machine()
+    console.print("machine: " + ", ".join(f"{k} {v}" for k, v in hardware.items() if v is not None), highlight=False)
     for side in SIDES:
         console.print(f"\n[bold]{side}[/]: {shlex.join(side_command(settings, side))}", highlight=False)
         if side == "trl-grpo":
@@ -226,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "generation_peak_fraction": details["generation_peak_fraction_wall_clock"],
         "decode_matmul_ceiling_fraction": details["decode_matmul_ceiling_fraction"],
         "peak_rss_mib": details["peak_rss_mib"],
+        "machine": hardware,
     }
     print(json.dumps(line))
     return {**line, "details": details, "out": str(out)}

@@ -35,7 +35,7 @@ import torch
 from decoding import repeated_prompts
 from trl_sides import PRESETS, Settings, lmgym_overrides
 
-from lmgym.bench.speed import decode_matmul_ceiling, matmul_peak, passes_flops, recorded_passes
+from lmgym.bench.speed import decode_matmul_ceiling, machine, matmul_peak, passes_flops, recorded_passes
 from lmgym.models.small_products import product
 
 PARTS = ("forward", "backward", "guards copy", "optimizer step", "clip")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     update = profile_update(settings)
     decoding = decoding_parts(args.model, settings.completions, settings.k, settings.new_tokens, args.rounds)
-    line = {"model": args.model, "threads": args.threads, "update": update, "decoding": decoding}
+    line = {"model": args.model, "threads": args.threads, "update": update, "decoding": decoding, "machine": machine()}
     parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in update["parts"].items())
     print(f"update: {update['seconds']:.2f} s ({parts}); {update['peak_fraction']:.0%} of the matmul peak")
     split = ", ".join(f"{kind} {share:.0%}" for kind, share in update["profiled_split"].items())

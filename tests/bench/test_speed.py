@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import GenerationConfig
 
+from lmgym.bench import speed
 from lmgym.bench.speed import (
     PHASES,
     RESULT_KEYS,
     decode_matmul_ceiling,
     decode_matmul_shapes,
+    machine,
     passes_flops,
     recorded_forward_flops,
     recorded_passes,
@@ -30,9 +34,10 @@ def test_speed_benchmark_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     result = run_speed_benchmark(model="tiny", batch=4, new_tokens=6, repeats=1, threads=1)
     assert tuple(result) == RESULT_KEYS
     assert (result["model"], result["batch"], result["new_tokens"], result["threads"]) == ("tiny", 4, 6, 1)
-    for key in RESULT_KEYS[4:]:
+    for key in RESULT_KEYS[4:-1]:
         assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
     assert result["update_peak_fraction"] > 0
+    assert result["machine"] == machine()
     phases = sum(result[f"seconds_{p}"] for p in PHASES)
     total = result["seconds_total"]  # wall time of the iteration: the phases plus a little bookkeeping
     assert phases <= total * (1 + 1e-9)
@@ -194,3 +199,20 @@ def test_decode_matmul_shapes_are_the_products_one_token_runs() -> None:
     assert math.isclose(linear, counter.get_total_flops(), rel_tol=0.01)
     ceiling = decode_matmul_ceiling(loaded.model, rows=4, min_seconds=0.0)
     assert math.isfinite(ceiling) and ceiling > 0
+
+
+def test_machine_names_the_cpu_and_the_kernels_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    described = machine()
+    assert described["isa"] == torch.backends.cpu.get_cpu_capability()
+    assert described["cores"] == os.cpu_count() and described["torch"] == torch.__version__
+    assert described["blas"].startswith("MKL ") == torch.backends.mkl.is_available()
+    assert described["gpu"] is None or torch.cuda.is_available()
+    # The first processor's block of /proc/cpuinfo, with its family and model numbers.
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n\n"
+        "processor\t: 1\nmodel name\t: another\n"
+    )
+    real_path = speed.Path
+    monkeypatch.setattr(speed, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    assert machine()["cpu"] == "AMD EPYC (family 25, model 1)"

@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # t
 
 from decoding import main
 
+from lmgym.bench.speed import machine
+
 
 def test_decoding_benchmark_on_the_tiny_model() -> None:
     line = main(
@@ -38,3 +40,4 @@ def test_decoding_benchmark_on_the_tiny_model() -> None:
     assert set(line["ceiling_fraction_by_rows"]) == {2, 4, 16}  # the 4 rows decoded too
     assert line["ceiling_fraction_by_rows"][4] == line["decode_matmul_ceiling_fraction"]
     assert 0 < line["decode_matmul_ceiling_fraction"] < 10 and math.isfinite(line["matmul_peak_gflops"])
+    assert line["machine"] == machine()

@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # t
 
 from where_time_goes import PARTS, main, operator_kind, profile_split
 
+from lmgym.bench.speed import machine
+
 
 def test_operators_are_grouped_by_kind() -> None:
     assert operator_kind("aten::mm") == operator_kind("aten::addmm") == "products"
@@ -51,4 +53,5 @@ def test_tiny_run_splits_the_update_and_the_decoding_step(capsys) -> None:
     rows = decoding["rows"]
     assert decoding[f"per_token_seconds_{rows}"] > decoding[f"products_seconds_{rows}"] > 0
     assert decoding["per_token_seconds_1"] > decoding["products_seconds_1"] > 0
+    assert line["machine"] == machine()
     assert '"update"' in capsys.readouterr().out

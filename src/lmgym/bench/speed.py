@@ -15,11 +15,15 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import platform
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +51,7 @@ RESULT_KEYS = (
     "matmul_peak_gflops",
     "update_gflops",
     "update_peak_fraction",
+    "machine",
 )
 
 
@@ -336,6 +341,41 @@ def _best_seconds(run: Callable[[], object], min_reps: int, min_seconds: float) 
     return best_wall, best_cpu
 
 
+def _cpu_name() -> str:
+    """The first processor's model name in /proc/cpuinfo, with its family and model numbers (a virtual machine
+    may call an EPYC just "AMD EPYC"); the platform's own name elsewhere."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
+def machine() -> dict[str, Any]:
+    """What a benchmark ran on: the CPU's name, the vector instruction set PyTorch's CPU kernels use on it, the
+    cores, the torch version and its BLAS, and the GPU when there is one. The figures depend on it:
+    this project's CI machine has been a 2-core AVX-512 CPU on some days and a 2-core AVX2 AMD EPYC on others,
+    with different peaks and different orders among kernels (on the EPYC, oneDNN's GEMM computes the bundled
+    model's LM head forward in 0.70-0.86x the time of MKL's, which `torch.mm` uses)."""
+    blas = re.search(r"Math Kernel Library Version ([\d.]+)", torch.__config__.show())
+    return {
+        "cpu": _cpu_name(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "blas": f"MKL {blas.group(1)}" if blas else "not MKL",
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
 def matmul_peak(size: int = 2048, min_reps: int = 3, min_seconds: float = 0.5) -> tuple[float, float]:
     """Best-of GFLOP/s of ``torch.mm`` on two square float32 matrices at the current thread count, by the wall
     clock and by the process's CPU clock (the latter holds up when other processes share the cores)."""
@@ -484,6 +524,7 @@ def run_speed_benchmark(
         "matmul_peak_gflops": peak,
         "update_gflops": update_gflops,
         "update_peak_fraction": update_gflops / peak,
+        "machine": machine(),
     }
     print(json.dumps(result))
     return result
