@@ -27,7 +27,8 @@ import torch
 from transformers import CompileConfig
 
 import lmgym.models.small_products as small_products
-from lmgym.bench.speed import decode_matmul_ceiling, machine, matmul_peak, recorded_forward_flops
+from lmgym.bench.speed import decode_matmul_ceiling, matmul_peak, recorded_forward_flops
+from lmgym.environment import machine
 from lmgym.models.loading import load_model
 from lmgym.models.policy import Policy, make_generation_config
 

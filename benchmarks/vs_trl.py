@@ -40,7 +40,7 @@ from trl_sides import (
     trl_grpo_config_kwargs,
 )
 
-from lmgym.bench.speed import machine
+from lmgym.environment import machine
 
 TARGETS = {  # per setting (trl_sides.setting_name), key: (bound, "<=" or ">=")
     "top8": {

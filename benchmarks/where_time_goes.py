@@ -35,7 +35,8 @@ import torch
 from decoding import repeated_prompts
 from trl_sides import PRESETS, Settings, lmgym_overrides
 
-from lmgym.bench.speed import decode_matmul_ceiling, machine, matmul_peak, passes_flops, recorded_passes
+from lmgym.bench.speed import decode_matmul_ceiling, matmul_peak, passes_flops, recorded_passes
+from lmgym.environment import machine
 from lmgym.models.small_products import product
 
 PARTS = ("forward", "backward", "guards copy", "optimizer step", "clip")

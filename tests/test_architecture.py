@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first. A module's layer is its first name below lmgym (a package or a top-level module).
 LAYERS: list[set[str]] = [
-    {"errors", "config", "distributed", "host_memory", "checkpoint", "tracking", "trackers"},
+    {"errors", "config", "distributed", "host_memory", "environment", "checkpoint", "tracking", "trackers"},
     {"models"},
     {"metrics"},
     {"rewards"},

@@ -1,5 +1,6 @@
 """What a run logs beyond metrics.jsonl: training samples in rollouts.jsonl (with each part of a composed reward
-and the KL per sample, kept consistent by a resume) and registered metrics at every evaluation (eval.metrics)."""
+and the KL per sample, kept consistent by a resume), one line per start of the run in environment.jsonl, and
+registered metrics at every evaluation (eval.metrics)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from lmgym.api import evaluate_run, train
 from lmgym.cli import app
 from lmgym.config import ConfigError
 from lmgym.data.registry import load_task
+from lmgym.environment import machine
 from lmgym.errors import UserCodeError
 from lmgym.rewards.base import FunctionReward
 from lmgym.rewards.compose import Affine, Product, WeightedSum, part_scores
@@ -74,7 +76,9 @@ def test_rollouts_jsonl_has_each_part_of_the_reward_and_the_kl(tmp_path: Path) -
         assert sum(r["kl"] for r in batch) / 4 == pytest.approx(record["kl"], abs=1e-5)
 
 
-def test_rollouts_jsonl_stays_consistent_over_a_crash_and_resume(tmp_path: Path) -> None:
+def test_rollouts_jsonl_stays_consistent_over_a_crash_and_resume_and_environment_jsonl_has_each_start(
+    tmp_path: Path,
+) -> None:
     settings = [*BASE, f"run_dir={tmp_path}", "name=r", "iterations=4", "rollout.log_samples_every=1"]
     settings.append("checkpoint.every=2")
     with pytest.raises(UserCodeError):
@@ -88,6 +92,10 @@ def test_rollouts_jsonl_stays_consistent_over_a_crash_and_resume(tmp_path: Path)
     assert [(r["id"], r["generation"], r["reward"]) for r in rows] == [
         (r["id"], r["generation"], r["reward"]) for r in straight
     ]  # the resumed iterations repeat what an uninterrupted run samples
+    starts = read_jsonl(tmp_path / "r" / "environment.jsonl")
+    assert [s["start_iteration"] for s in starts] == [1, 3]  # new, then resumed from the checkpoint of iteration 2
+    assert all(s["processes"] == 1 and s["device"] == "cpu" and s["machine"] == machine() for s in starts)
+    assert [s["start_iteration"] for s in read_jsonl(tmp_path / "straight" / "environment.jsonl")] == [1]
 
 
 def test_part_scores_of_nested_and_token_level_rewards() -> None:

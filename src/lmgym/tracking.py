@@ -79,6 +79,7 @@ class RunDir:
         self.metrics_path = self.root / "metrics.jsonl"
         self.samples_path = self.root / "samples.jsonl"
         self.rollouts_path = self.root / "rollouts.jsonl"  # training samples (rollout.log_samples_every)
+        self.environment_path = self.root / "environment.jsonl"  # one line per start, new or resumed
         self.plots = self.root / "plots"
         self.checkpoints = self.root / "checkpoints"
         self.final = self.root / "final"
@@ -93,6 +94,13 @@ class RunDir:
     def log_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+
+    def log_start(self, start_iteration: int, processes: int, device: str) -> None:
+        """A start of the run (new, resumed, or started over): its machine and library versions
+        (`lmgym.environment.environment`), appended to environment.jsonl."""
+        from lmgym.environment import environment  # imports torch, which reading a run folder does not need
+
+        self._append(self.environment_path, [environment(start_iteration, processes, device)])
 
     def log_samples(self, records: list[dict[str, Any]]) -> None:
         """Held-out generations of an evaluation (samples.jsonl)."""

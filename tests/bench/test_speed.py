@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import GenerationConfig
 
-from lmgym.bench import speed
 from lmgym.bench.speed import (
     PHASES,
     RESULT_KEYS,
     decode_matmul_ceiling,
     decode_matmul_shapes,
-    machine,
     passes_flops,
     recorded_forward_flops,
     recorded_passes,
     run_speed_benchmark,
     update_flops,
 )
+from lmgym.environment import machine
 from lmgym.models.loading import load_model
 from lmgym.models.policy import Policy, ReferenceModel, TokenBatch, freeze
 
@@ -199,20 +196,3 @@ def test_decode_matmul_shapes_are_the_products_one_token_runs() -> None:
     assert math.isclose(linear, counter.get_total_flops(), rel_tol=0.01)
     ceiling = decode_matmul_ceiling(loaded.model, rows=4, min_seconds=0.0)
     assert math.isfinite(ceiling) and ceiling > 0
-
-
-def test_machine_names_the_cpu_and_the_kernels_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    described = machine()
-    assert described["isa"] == torch.backends.cpu.get_cpu_capability()
-    assert 1 <= described["cores"] <= (os.cpu_count() or 1) and described["torch"] == torch.__version__
-    assert described["blas"].startswith("MKL ") == torch.backends.mkl.is_available()
-    assert described["gpu"] is None or torch.cuda.is_available()
-    # The first processor's block of /proc/cpuinfo, with its family and model numbers.
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(
-        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n\n"
-        "processor\t: 1\nmodel name\t: another\n"
-    )
-    real_path = speed.Path
-    monkeypatch.setattr(speed, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
-    assert machine()["cpu"] == "AMD EPYC (family 25, model 1)"

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # t
 
 from decoding import main
 
-from lmgym.bench.speed import machine
+from lmgym.environment import machine
 
 
 def test_decoding_benchmark_on_the_tiny_model() -> None:

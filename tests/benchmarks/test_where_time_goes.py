@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # t
 
 from where_time_goes import PARTS, main, operator_kind, profile_split
 
-from lmgym.bench.speed import machine
+from lmgym.environment import machine
 
 
 def test_operators_are_grouped_by_kind() -> None:

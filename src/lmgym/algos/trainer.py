@@ -354,6 +354,7 @@ class Trainer:
                 if main:
                     shutil.rmtree(self.run.root)
                     self.run.create(self.config)
+                    self._log_start()
                 self.dist.barrier()
                 return
             step, path = found[-1]
@@ -366,13 +367,18 @@ class Trainer:
             if main:
                 self.run.truncate_after(step)
                 self.run.create(self.config)  # the resumed run's config (e.g. more iterations)
+                self._log_start()
             self.console.print(f"[bold]resuming[/] {self.run.root} from iteration {step}")
             return
         if main:
             if self.run.root.exists():
                 shutil.rmtree(self.run.root)  # only reached with overwrite=True
             self.run.create(self.config)
+            self._log_start()
         self.dist.barrier()
+
+    def _log_start(self) -> None:
+        self.run.log_start(self.start_iteration, self.dist.world_size, self.dist.device.type)
 
     def discard_if_untrained(self) -> None:
         """Remove the folder of a new run that failed before its first iteration completed (bad input found

@@ -15,15 +15,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import platform
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +28,7 @@ from rich.table import Table
 
 from lmgym.algos.ppo import PPOTrainer
 from lmgym.config import PPOConfig, load_config
+from lmgym.environment import machine
 from lmgym.errors import InputError
 from lmgym.models.small_products import product
 from lmgym.rollout.rollout import Rollout
@@ -339,42 +336,6 @@ def _best_seconds(run: Callable[[], object], min_reps: int, min_seconds: float) 
         best_wall, best_cpu = min(best_wall, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
         reps += 1
     return best_wall, best_cpu
-
-
-def _cpu_name() -> str:
-    """The first processor's model name in /proc/cpuinfo, with its family and model numbers (a virtual machine
-    may call an EPYC just "AMD EPYC"); the platform's own name elsewhere."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if not line.strip():
-                break
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in fields and "model" in fields:
-        name += f" (family {fields['cpu family']}, model {fields['model']})"
-    return name
-
-
-def machine() -> dict[str, Any]:
-    """What a benchmark ran on: the CPU's name, the vector instruction set PyTorch's CPU kernels use on it, the
-    cores this process may run on, the torch version and its BLAS, and the GPU when there is one. The figures
-    depend on it: this project's CI machine has been a 2-core AVX-512 CPU on some days and a 2-core AVX2 AMD
-    EPYC on others, with different peaks, and which kernel is faster at a shape is the CPU's to say (on the
-    EPYC, oneDNN's GEMM computes the bundled model's LM head forward in 0.70-0.86x the time of MKL's, which
-    `torch.mm` uses)."""
-    blas = re.search(r"Math Kernel Library Version ([\d.]+)", torch.__config__.show())
-    return {
-        "cpu": _cpu_name(),
-        "isa": torch.backends.cpu.get_cpu_capability(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch": torch.__version__,
-        "blas": f"MKL {blas.group(1)}" if blas else "not MKL",
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
 
 
 def matmul_peak(size: int = 2048, min_reps: int = 3, min_seconds: float = 0.5) -> tuple[float, float]:
