@@ -40,11 +40,9 @@ def _cpu_name() -> str:
 
 def machine() -> dict[str, Any]:
     """What a benchmark ran on: the CPU's name, the vector instruction set PyTorch's CPU kernels use on it, the
-    cores this process may run on, the torch version and its BLAS, and the GPU when there is one. The figures
-    depend on it: this project's CI machine has been a 2-core AVX-512 CPU on some days and a 2-core AVX2 AMD
-    EPYC on others, with different peaks, and which kernel is faster at a shape is the CPU's to say (on the
-    EPYC, oneDNN's GEMM computes the bundled model's LM head forward in 0.70-0.86x the time of MKL's, which
-    `torch.mm` uses)."""
+    cores this process may run on, the torch version and its BLAS, and the GPU when there is one. Which kernel
+    is faster at a shape is the CPU's to say (on the AVX2 EPYC, oneDNN's GEMM computes the bundled model's LM
+    head forward in 0.70-0.86x the time of MKL's, which `torch.mm` uses)."""
     blas = re.search(r"Math Kernel Library Version ([\d.]+)", torch.__config__.show())
     return {
         "cpu": _cpu_name(),

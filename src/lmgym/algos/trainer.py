@@ -353,8 +353,7 @@ class Trainer:
                 self.console.print(f"[bold]no complete checkpoint[/] in {self.run.root} yet: starting it over")
                 if main:
                     shutil.rmtree(self.run.root)
-                    self.run.create(self.config)
-                    self._log_start()
+                    self._write_run_start()
                 self.dist.barrier()
                 return
             step, path = found[-1]
@@ -366,18 +365,18 @@ class Trainer:
             self.dist.barrier()  # all ranks have read the checkpoint before the main one touches the folder
             if main:
                 self.run.truncate_after(step)
-                self.run.create(self.config)  # the resumed run's config (e.g. more iterations)
-                self._log_start()
+                self._write_run_start()  # the resumed run's config (e.g. more iterations)
             self.console.print(f"[bold]resuming[/] {self.run.root} from iteration {step}")
             return
         if main:
             if self.run.root.exists():
                 shutil.rmtree(self.run.root)  # only reached with overwrite=True
-            self.run.create(self.config)
-            self._log_start()
+            self._write_run_start()
         self.dist.barrier()
 
-    def _log_start(self) -> None:
+    def _write_run_start(self) -> None:
+        """config.yaml, and this start's line in environment.jsonl (main process)."""
+        self.run.create(self.config)
         self.run.log_start(self.start_iteration, self.dist.world_size, self.dist.device.type)
 
     def discard_if_untrained(self) -> None:
