@@ -19,6 +19,7 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 from lmgym.errors import InputError
 from lmgym.models.categorical import inverse_cdf_sampling
 from lmgym.models.chat import stop_token_ids
+from lmgym.models.grouped_attention import cpu_grouped_query_attention
 from lmgym.models.logprobs import token_logprobs
 from lmgym.models.lora import adapters_disabled, is_peft_model
 from lmgym.models.packing import Packed, can_pack, pack
@@ -123,7 +124,13 @@ def forward_rows(model: PreTrainedModel, is_seq2seq: bool, batch: TokenBatch, pa
 
     The state before generated token ``t`` scores it: its logits give the token's log-probability, its hidden
     state feeds the value head. With ``packed`` (and a causal LM that allows it), a prompt shared by several
-    completions runs once (models/packing.py)."""
+    completions runs once (models/packing.py). On a CPU, grouped-query attention runs without copies of the
+    keys and values per query head (models/grouped_attention.py)."""
+    with cpu_grouped_query_attention(model):
+        return _forward_rows(model, is_seq2seq, batch, packed)
+
+
+def _forward_rows(model: PreTrainedModel, is_seq2seq: bool, batch: TokenBatch, packed: bool) -> Forward:
     B, G = batch.gen_ids.shape
     batch = batch.to(next(model.parameters()).device)
     if is_seq2seq:
