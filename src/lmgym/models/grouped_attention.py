@@ -7,10 +7,12 @@ fast kernels take no mask with ``enable_gqa``; PyTorch's CPU kernel takes both a
 `cpu_grouped_query_attention`, CPU passes ask the kernel for ``enable_gqa`` instead (CUDA and other devices
 keep transformers' choice).
 
-Every pass that carries a mask gains: the update's packed rows (models/packing.py), the scoring and
-reference passes, the prefill. Measured on a 2-core AVX2 CPU at the update's shapes (4 packed rows of 126
-tokens, 9 query and 3 key/value heads of 64): 2.99 against 3.58 ms per layer forward, 10.8 against 12.5 ms
-forward and backward (`benchmarks/where_time_goes.py` profiles a whole update). The outputs and the queries'
+`lmgym.models.policy.forward_rows` runs within it, so the passes that score completions gain: the update's
+(packed rows, models/packing.py, carry a mask), the old log-probabilities' and the reference's. Generation
+does not: transformers takes its decoding step's choice from the same function, and a changed kernel there
+could change which tokens a seed draws. Measured on a 2-core AVX2 CPU at the update's shapes (4 packed rows
+of 126 tokens, 9 query and 3 key/value heads of 64): 2.99 against 3.58 ms per layer forward, 10.8 against
+12.5 ms forward and backward (`benchmarks/where_time_goes.py` profiles a whole update). The outputs and the queries'
 gradients are bit for bit those of the copying path; the keys' and values' gradients differ in the last bits
 (the group's heads are summed in another order).
 """
