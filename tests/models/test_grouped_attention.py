@@ -1,6 +1,7 @@
 """Grouped-query attention without per-head copies of the keys and values on a CPU
 (models/grouped_attention.py): lmgym's scoring passes skip ``repeat_kv`` and give the logits of the copying
-path bit for bit and its gradients up to rounding; with activation checkpointing they keep the copying path."""
+path bit for bit and its gradients up to rounding; where activation checkpointing acts they keep the copying
+path."""
 
 from __future__ import annotations
 
@@ -8,28 +9,23 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from transformers.integrations import sdpa_attention
 
 from lmgym.models import policy as policy_module
 from lmgym.models.grouped_attention import cpu_grouped_query_attention
 from lmgym.models.policy import TokenBatch, checkpointed_blocks, forward_rows, gradient_checkpointing
+from lmgym.models.tiny import tiny_model
 
 
 def _gqa_model() -> LlamaForCausalLM:
-    """A small Llama whose 4 query heads share 2 key/value heads, with ``sdpa`` attention."""
+    """lmgym's tiny Llama with its 4 query heads sharing 2 key/value heads, with ``sdpa`` attention."""
+    config = tiny_model()[0].config
+    config.num_key_value_heads = 2
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=200,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(config)
+    model.set_attn_implementation("sdpa")
+    return model.eval()
 
 
 def _batch(k: int = 3) -> TokenBatch:
@@ -82,6 +78,18 @@ def test_activation_checkpointing_keeps_the_copying_path(repeat_kv_calls: list[i
     assert torch.equal(logits, plain_logits)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_checkpointed_passes_without_gradients_skip_the_copies(repeat_kv_calls: list[int]) -> None:
+    """Checkpointing on but not acting (no gradients, as the reference's and the old log-probabilities' passes;
+    or the blocks in eval mode): nothing is rerun in a backward pass, so the copies are not needed."""
+    model, batch = _gqa_model(), _batch()
+    gradient_checkpointing(model)
+    with torch.no_grad(), checkpointed_blocks(model, True):
+        forward_rows(model, False, batch)
+    with torch.no_grad():
+        forward_rows(model, False, batch)
+    assert repeat_kv_calls == []
 
 
 def test_the_context_restores_transformers_choice_and_nests() -> None:

@@ -33,6 +33,13 @@ except ImportError:  # pragma: no cover - an older transformers without the modu
 _active = False
 
 
+def _checkpointing_acts(model: nn.Module) -> bool:
+    """Whether a block of ``model`` would checkpoint a forward pass run now (and rerun it in the backward)."""
+    return torch.is_grad_enabled() and any(
+        getattr(m, "gradient_checkpointing", False) and m.training for m in model.modules()
+    )
+
+
 @contextmanager
 def cpu_grouped_query_attention(model: nn.Module) -> Iterator[None]:
     """Within the block, transformers' ``sdpa`` attention runs grouped-query attention on a CPU with
@@ -41,12 +48,14 @@ def cpu_grouped_query_attention(model: nn.Module) -> Iterator[None]:
     `lmgym.models.small_products.transposed_small_products`; the backward pass, run after the block, uses
     what the forward pass chose.
 
-    Not for a ``model`` with activation checkpointing on: its blocks rerun their forward pass inside the
-    backward pass, outside the block, and PyTorch refuses a rerun that keeps other tensors (three key heads,
-    not nine) than the first run did."""
+    Not where activation checkpointing acts (a block with checkpointing on, in training mode, gradients
+    enabled: what transformers checks): such a block reruns its forward pass inside the backward pass,
+    outside the block, and PyTorch refuses a rerun that keeps other tensors (three key heads, not nine) than
+    the first run did. A checkpointed model's passes without gradients (the reference's, the old
+    log-probabilities') still go without the copies."""
     global _active
     original = getattr(sdpa_attention, "use_gqa_in_sdpa", None)
-    if _active or original is None or any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
+    if _active or original is None or _checkpointing_acts(model):
         yield
         return
 
