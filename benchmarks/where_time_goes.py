@@ -12,7 +12,8 @@ The decoding step: ``generate_and_score`` as a rollout calls it (shared prefill,
 and at 1 row, per generated token; and the products of one decoding step alone, every linear layer once in the
 model's order (as a step reads the weights: from memory, not from cache) and, as `decode_matmul_ceiling` times
 them, each shape repeated. At 1 row the products are a small part of the step; the rest is the per-step cost
-of running the model (Python, dispatch, small operators) that does not grow with the rows.
+of running the model (Python, dispatch, small operators) that does not grow with the rows. One more generation
+at ``rows`` runs under ``torch.profiler``: each operator's share of its time says where the rest goes.
 
     python benchmarks/where_time_goes.py                         # the bundled model (about 5 minutes)
     python benchmarks/where_time_goes.py --model tiny --steps 4  # checks the script in seconds
@@ -155,6 +156,18 @@ def profile_update(settings: Settings) -> dict[str, Any]:
     }
 
 
+def operator_shares(events: Any, top: int) -> dict[str, float]:
+    """Each operator's share of the profiled operators' self CPU time, the ``top`` largest (the rest summed as
+    ``"the rest"``), largest first."""
+    totals: dict[str, float] = {}
+    for event in events:
+        totals[event.name] = totals.get(event.name, 0.0) + event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    ranked = sorted(totals.items(), key=lambda item: item[1], reverse=True)
+    shares = {name: micros / whole for name, micros in ranked[:top]}
+    return shares | {"the rest": sum(micros for _, micros in ranked[top:]) / whole}
+
+
 def decoding_parts(model_name: str, rows: int, k: int, new_tokens: int, rounds: int) -> dict[str, Any]:
     """Seconds per generated token at ``rows`` and at 1 row, and one decoding step's products alone."""
     from lmgym.models.loading import load_model
@@ -189,6 +202,10 @@ def decoding_parts(model_name: str, rows: int, k: int, new_tokens: int, rounds: 
                 into.append(time.perf_counter() - start)
         out[f"per_token_seconds_{n}"] = statistics.median(step) / new_tokens
         out[f"products_seconds_{n}"] = statistics.median(sweep)
+        if n == rows:  # one more generation under the profiler: which operators take the rest
+            with torch.profiler.profile() as profiler:
+                generate()
+            out["profiled_operator_shares"] = operator_shares(profiler.events(), top=8)
     peak, _ = matmul_peak()
     flops = sum(2.0 * rows * m.weight.numel() for m in linears)
     out["products_peak_fraction_in_model_order"] = flops / out[f"products_seconds_{rows}"] / 1e9 / peak
@@ -230,6 +247,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"alone {ms[f'products_seconds_{rows}']:.0f} ms), {ms['per_token_seconds_1']:.0f} ms at 1 row (products "
         f"{ms['products_seconds_1']:.0f} ms)"
     )
+    shares = ", ".join(f"{name} {share:.0%}" for name, share in decoding["profiled_operator_shares"].items())
+    print(f"  profiled generation at {rows} rows, share of operator time: {shares}")
     print(json.dumps(line))
     return line
 

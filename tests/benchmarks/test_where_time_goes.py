@@ -1,6 +1,6 @@
 """benchmarks/where_time_goes.py on the tiny model: the update's timed parts lie inside the update and are
-found where they run, the profiled forward and backward passes contain products and attention, and a decoding
-step costs more than its products alone."""
+found where they run, the profiled forward and backward passes contain products and attention, a decoding
+step costs more than its products alone, and a profiled generation's operator shares add up."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # the harness is not in the library
 
-from where_time_goes import PARTS, main, operator_kind, profile_split
+from where_time_goes import PARTS, main, operator_kind, operator_shares, profile_split
 
 from lmgym.environment import machine
 
@@ -40,6 +40,13 @@ def test_only_operators_inside_the_forward_and_backward_ranges_count() -> None:
     assert profile_split(events) == {"products": 3.0, "attention": 1.0, "other": 1e-6}
 
 
+def test_operator_shares_rank_the_largest_and_sum_the_rest() -> None:
+    timings = (("mm", 5.0), ("cat", 2.0), ("add", 1.0), ("sub", 1.0))
+    events = [SimpleNamespace(name=name, self_cpu_time_total=micros) for name, micros in timings]
+    events.append(SimpleNamespace(name="mm", self_cpu_time_total=1.0))  # one operator, several rows: summed
+    assert operator_shares(events, top=2) == {"mm": 0.6, "cat": 0.2, "the rest": 0.2}
+
+
 def test_tiny_run_splits_the_update_and_the_decoding_step(capsys) -> None:
     line = main(["--model", "tiny", "--steps", "4", "--threads", "1", "--completions", "8", "--micro-batch", "4"])
     update, decoding = line["update"], line["decoding"]
@@ -53,5 +60,7 @@ def test_tiny_run_splits_the_update_and_the_decoding_step(capsys) -> None:
     rows = decoding["rows"]
     assert decoding[f"per_token_seconds_{rows}"] > decoding[f"products_seconds_{rows}"] > 0
     assert decoding["per_token_seconds_1"] > decoding["products_seconds_1"] > 0
+    shares = decoding["profiled_operator_shares"]
+    assert "aten::mm" in shares and abs(sum(shares.values()) - 1) < 1e-9
     assert line["machine"] == machine()
     assert '"update"' in capsys.readouterr().out
