@@ -156,16 +156,13 @@ def profile_update(settings: Settings) -> dict[str, Any]:
     }
 
 
-def operator_shares(events: Any, top: int) -> dict[str, float]:
-    """Each operator's share of the profiled operators' self CPU time, the ``top`` largest (the rest summed as
-    ``"the rest"``), largest first."""
-    totals: dict[str, float] = {}
-    for event in events:
-        totals[event.name] = totals.get(event.name, 0.0) + event.self_cpu_time_total
-    whole = sum(totals.values()) or 1.0
-    ranked = sorted(totals.items(), key=lambda item: item[1], reverse=True)
-    shares = {name: micros / whole for name, micros in ranked[:top]}
-    return shares | {"the rest": sum(micros for _, micros in ranked[top:]) / whole}
+def operator_shares(averages: Any, top: int) -> dict[str, float]:
+    """Each operator's share of the profiled self CPU time (``averages``: ``profiler.key_averages()``, one entry
+    per operator), the ``top`` largest first, then the others together as ``"the rest"``."""
+    ranked = sorted(averages, key=lambda op: op.self_cpu_time_total, reverse=True)
+    whole = sum(op.self_cpu_time_total for op in ranked) or 1.0
+    shares = {op.key: op.self_cpu_time_total / whole for op in ranked[:top]}
+    return shares | {"the rest": sum(op.self_cpu_time_total for op in ranked[top:]) / whole}
 
 
 def decoding_parts(model_name: str, rows: int, k: int, new_tokens: int, rounds: int) -> dict[str, Any]:
@@ -205,7 +202,7 @@ def decoding_parts(model_name: str, rows: int, k: int, new_tokens: int, rounds: 
         if n == rows:  # one more generation under the profiler: which operators take the rest
             with torch.profiler.profile() as profiler:
                 generate()
-            out["profiled_operator_shares"] = operator_shares(profiler.events(), top=8)
+            out["profiled_operator_shares"] = operator_shares(profiler.key_averages(), top=8)
     peak, _ = matmul_peak()
     flops = sum(2.0 * rows * m.weight.numel() for m in linears)
     out["products_peak_fraction_in_model_order"] = flops / out[f"products_seconds_{rows}"] / 1e9 / peak
